@@ -1,0 +1,42 @@
+# The README's commands. Every target creates the virtual environment first if needed.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+MODEL ?= model/artifacts/default
+CONFIG ?= training/configs/default.toml
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: venv serve test train evaluate bench lint clean
+
+venv: $(VENV)/.installed
+
+# torch is installed alone first and pinned: an open range can pull a multi-GB CUDA build.
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -c constraints.txt -e '.[train,dev]'
+	touch $@
+
+serve: venv
+	NER_MODEL_PATH=$(MODEL) $(BIN)/uvicorn app.main:create_app --factory --host $(HOST) --port $(PORT)
+
+test: venv
+	$(BIN)/pytest -q
+
+train: venv
+	$(BIN)/python -m training.train --config $(CONFIG)
+
+evaluate: venv
+	$(BIN)/python -m training.evaluate --model $(MODEL) --corpus msra-test --json $(MODEL)/eval-msra-test.json
+	$(BIN)/python -m training.evaluate --model $(MODEL) --corpus pd98-test --json $(MODEL)/eval-pd98-test.json
+
+bench: venv
+	$(BIN)/python -m bench.throughput
+
+lint: venv
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache

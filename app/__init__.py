@@ -1,0 +1,1 @@
+"""The HTTP service around `model.tagger.Tagger`."""

@@ -1,0 +1,110 @@
+"""Request and response bodies of the API (DESIGN.md "API contract")."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Task = Literal["seg", "pos", "ner"]
+
+EXAMPLE_TEXT = "江泽民在北京大学发表讲话。"
+
+
+def _check_text(value: str) -> str:
+    # Lone surrogates cannot be encoded as UTF-8, so no answer could carry them back.
+    if any("\ud800" <= c <= "\udfff" for c in value):
+        raise ValueError("text contains a lone UTF-16 surrogate (e.g. \\ud800), which is not a Unicode character")
+    return value
+
+
+class TagRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"text": EXAMPLE_TEXT}, {"texts": [EXAMPLE_TEXT, "张三去了上海。"], "tasks": ["seg", "ner"]}]},
+    )
+
+    text: str | None = Field(None, description="One text. Give either `text` or `texts`.")
+    texts: list[str] | None = Field(None, description="Several texts, tagged independently.")
+    tasks: list[Task] = Field(default_factory=lambda: ["seg", "pos", "ner"], min_length=1, description="Any of seg, pos, ner; pos implies seg.")
+
+    @field_validator("text")
+    @classmethod
+    def _text(cls, value: str | None) -> str | None:
+        return None if value is None else _check_text(value)
+
+    @field_validator("texts")
+    @classmethod
+    def _texts(cls, value: list[str] | None) -> list[str] | None:
+        return None if value is None else [_check_text(v) for v in value]
+
+    @model_validator(mode="after")
+    def _one_of(self) -> TagRequest:
+        if (self.text is None) == (self.texts is None):
+            raise ValueError("give exactly one of `text` (a string) or `texts` (a list of strings)")
+        if self.texts is not None and not self.texts:
+            raise ValueError("`texts` is empty; give at least one text")
+        return self
+
+    def all_texts(self) -> list[str]:
+        return [self.text] if self.text is not None else list(self.texts or [])
+
+
+class TokenOut(BaseModel):
+    text: str
+    start: int = Field(description="Offset of the first code point in the text as sent.")
+    end: int = Field(description="Offset after the last code point (end-exclusive).")
+    pos: str | None = Field(None, description="PKU POS tag; null when only seg was asked for. Whitespace runs are tokens with pos 'w'.")
+
+
+class EntityOut(BaseModel):
+    text: str
+    type: Literal["PER", "LOC", "ORG"]
+    start: int
+    end: int
+
+
+class ResultOut(BaseModel):
+    text: str
+    tokens: list[TokenOut]
+    entities: list[EntityOut]
+
+
+class ModelRef(BaseModel):
+    name: str
+    version: str
+
+
+class TagResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": {"name": "default", "version": "1.0.0"},
+                    "results": [
+                        {
+                            "text": "江泽民在北京",
+                            "tokens": [
+                                {"text": "江泽民", "start": 0, "end": 3, "pos": "nr"},
+                                {"text": "在", "start": 3, "end": 4, "pos": "p"},
+                                {"text": "北京", "start": 4, "end": 6, "pos": "ns"},
+                            ],
+                            "entities": [
+                                {"text": "江泽民", "type": "PER", "start": 0, "end": 3},
+                                {"text": "北京", "type": "LOC", "start": 4, "end": 6},
+                            ],
+                        }
+                    ],
+                }
+            ]
+        }
+    )
+
+    model: ModelRef
+    results: list[ResultOut]
+
+
+class ErrorOut(BaseModel):
+    error: str = Field(description="What was wrong, for a person.")
+    detail: list | dict | str | None = None
+    error_id: str | None = Field(None, description="Also in the server log (500 only).")

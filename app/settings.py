@@ -1,0 +1,56 @@
+"""Service configuration, read from environment variables prefixed NER_ (pydantic-settings)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import field_validator
+
+import model
+
+DEFAULT_MODEL = str(Path(model.__file__).parent / "artifacts" / "default")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="NER_", env_file=None, extra="ignore")
+
+    model_path: str = Field(DEFAULT_MODEL, description="Bundle folder (network.pt + metadata.json).")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    torch_threads: int = Field(1, ge=1, description="Intra-op threads of the inference thread; 1 avoids oversubscription.")
+    user_dict: str | None = Field(None, description="User dictionary in jieba's format: word [freq] [pos] per line.")
+
+    max_batch_sentences: int = Field(64, ge=1, description="At most this many sentences (chunks) per batch; 1 turns batching off.")
+    max_batch_chars: int = Field(12000, ge=1, description="At most this many characters per batch (a longer chunk runs alone).")
+    max_wait_ms: float = Field(2.0, ge=0, description="How long the first sentence of a batch waits for others.")
+    queue_capacity: int = Field(4096, ge=1, description="Sentences that may wait; beyond it requests get 503.")
+    request_timeout_s: float = Field(30.0, gt=0, description="A request still queued after this long gets 503.")
+
+    max_text_chars: int = Field(100_000, ge=1)
+    max_texts: int = Field(256, ge=1)
+    max_body_bytes: int = Field(4_000_000, ge=1)
+
+    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list, description="Comma-separated keys; empty = no authentication.")
+    protect_metrics: bool = Field(False, description="Require an API key on /metrics too.")
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, description="Comma-separated origins; empty = CORS off.")
+    log_level: str = "info"
+    log_texts: bool = Field(False, description="Log request texts (off by default for privacy).")
+    fault_injection: bool = Field(False, description="Test hook: a text containing FAULT_MARKER makes its batch fail.")
+
+    @field_validator("api_keys", "cors_origins", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+
+FAULT_MARKER = "\u2063__ner_fault__"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,1 @@
+"""Character-level BiRNN tagger for Chinese segmentation, POS and NER."""

@@ -1,0 +1,76 @@
+"""Model bundles: a folder with a TorchScript network and a metadata JSON.
+
+    BUNDLE/network.pt      torch.jit.script(TaggerNetwork), eval mode
+    BUNDLE/metadata.json   format version, vocabularies, label sets, config,
+                           corpora and splits, evaluation figures, training record
+
+The metadata can be read without torch (`read_metadata`), e.g. by `GET /model`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+FORMAT_VERSION = 1
+NETWORK_FILE = "network.pt"
+METADATA_FILE = "metadata.json"
+REQUIRED_KEYS = ("format_version", "name", "version", "vocab", "labels", "max_len", "lexicon_features")
+
+
+class BundleError(RuntimeError):
+    """A bundle is missing, corrupt or of another format; the message says which file and what to do."""
+
+
+def save_bundle(path: str | Path, network: torch.nn.Module, metadata: dict[str, Any]) -> Path:
+    """Script `network` and write it with `metadata` into the folder `path`."""
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    was_training = network.training
+    network.eval()
+    scripted = torch.jit.script(network)
+    network.train(was_training)
+    scripted.save(str(folder / NETWORK_FILE))
+    metadata = {**metadata, "format_version": FORMAT_VERSION}
+    (folder / METADATA_FILE).write_text(json.dumps(metadata, ensure_ascii=False, indent=1), encoding="utf-8")
+    return folder
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The validated metadata of the bundle at `path`."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise BundleError(f"model bundle {folder}: no such folder. Set the model path to a bundle folder (it holds {NETWORK_FILE} and {METADATA_FILE}), e.g. model/artifacts/default.")
+    file = folder / METADATA_FILE
+    if not file.is_file():
+        raise BundleError(f"{file}: missing. The bundle is incomplete; copy the whole bundle folder again or retrain it.")
+    try:
+        metadata = json.loads(file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise BundleError(f"{file}: corrupt, not valid JSON ({error}). Restore the bundle from the repository or retrain it.") from error
+    if not isinstance(metadata, dict):
+        raise BundleError(f"{file}: corrupt, expected a JSON object. Restore the bundle or retrain it.")
+    version = metadata.get("format_version")
+    if version != FORMAT_VERSION:
+        raise BundleError(f"{file}: bundle format version {version!r}, this code reads version {FORMAT_VERSION}. Retrain the model with this version (python -m training.train) or use a matching release.")
+    missing = [key for key in REQUIRED_KEYS if key not in metadata]
+    if missing:
+        raise BundleError(f"{file}: corrupt, missing keys {missing}. Restore the bundle or retrain it.")
+    return metadata
+
+
+def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.jit.ScriptModule, dict[str, Any]]:
+    """The scripted network (on `device`, eval mode) and the metadata of the bundle at `path`."""
+    metadata = read_metadata(path)
+    file = Path(path) / NETWORK_FILE
+    if not file.is_file():
+        raise BundleError(f"{file}: missing. The bundle is incomplete; copy the whole bundle folder again or retrain it.")
+    try:
+        network = torch.jit.load(str(file), map_location=device)
+    except Exception as error:  # torch raises RuntimeError, ValueError or zip errors
+        raise BundleError(f"{file}: corrupt, TorchScript could not load it ({type(error).__name__}: {str(error).splitlines()[0][:200]}). Restore the bundle or retrain it.") from error
+    network.eval()
+    return network, metadata

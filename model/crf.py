@@ -1,0 +1,103 @@
+"""Linear-chain CRF with BMES transition constraints; TorchScript-compatible.
+
+Disallowed transitions (e.g. B-PER -> S-LOC, or starting with M) get a large negative
+score in training and in decoding, so Viterbi can only return valid BMES sequences.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from model.schemes import allowed_transitions
+
+FORBIDDEN = -10000.0
+
+
+class CRF(nn.Module):
+    """With `learn=False` the scores stay zero and only the constraints apply: a
+    transition-constrained Viterbi for heads trained per position (cheaper for large
+    label sets such as POS)."""
+
+    def __init__(self, labels: list[str], learn: bool = True):
+        super().__init__()
+        n = len(labels)
+        self.num_labels = n
+        for name, shape in (("transitions", (n, n)), ("start", (n,)), ("end", (n,))):
+            if learn:
+                self.register_parameter(name, nn.Parameter(torch.zeros(shape)))
+            else:
+                self.register_buffer(name, torch.zeros(shape))
+        start_ok, trans_ok, end_ok = allowed_transitions(labels)
+        self.register_buffer("start_penalty", _penalty(torch.tensor(start_ok)))
+        self.register_buffer("transition_penalty", _penalty(torch.tensor(trans_ok)))
+        self.register_buffer("end_penalty", _penalty(torch.tensor(end_ok)))
+
+    def _scores(self) -> tuple[Tensor, Tensor, Tensor]:
+        return (
+            self.start + self.start_penalty,
+            self.transitions + self.transition_penalty,
+            self.end + self.end_penalty,
+        )
+
+    def neg_log_likelihood(self, emissions: Tensor, tags: Tensor, mask: Tensor) -> Tensor:
+        """Summed negative log-likelihood of `tags` (B, T) under `emissions` (B, T, L).
+
+        `mask` (B, T) is True on real positions; every sequence has length >= 1 and
+        its real positions come first.
+        """
+        start, transitions, end = self._scores()
+        batch, steps, _ = emissions.shape
+        maskf = mask.to(emissions.dtype)
+        rows = torch.arange(batch, device=emissions.device)
+        # Score of the gold path.
+        gold = start[tags[:, 0]] + emissions[rows, 0, tags[:, 0]]
+        for t in range(1, steps):
+            step = transitions[tags[:, t - 1], tags[:, t]] + emissions[rows, t, tags[:, t]]
+            gold = gold + step * maskf[:, t]
+        last = tags.gather(1, (mask.sum(1, keepdim=True) - 1)).squeeze(1)
+        gold = gold + end[last]
+        # Partition function by the forward algorithm.
+        alpha = start.unsqueeze(0) + emissions[:, 0]
+        for t in range(1, steps):
+            nxt = torch.logsumexp(alpha.unsqueeze(2) + transitions.unsqueeze(0), dim=1) + emissions[:, t]
+            alpha = torch.where(mask[:, t : t + 1], nxt, alpha)
+        log_z = torch.logsumexp(alpha + end.unsqueeze(0), dim=1)
+        return (log_z - gold).sum()
+
+    def viterbi(self, emissions: Tensor, lengths: Tensor, allowed: Optional[Tensor] = None) -> Tensor:
+        """Best label ids (B, T); positions past a sequence's length are 0.
+
+        `allowed` (B, T, L), if given, restricts the labels at each position.
+        """
+        start, transitions, end = self._scores()
+        if allowed is not None:
+            emissions = emissions.masked_fill(~allowed, -10000.0)  # FORBIDDEN
+        batch, steps, n = emissions.shape
+        if steps == 0:
+            return torch.zeros(batch, 0, dtype=torch.long, device=emissions.device)
+        positions = torch.arange(steps, device=emissions.device)
+        mask = positions.unsqueeze(0) < lengths.unsqueeze(1)
+        identity = torch.arange(n, device=emissions.device).unsqueeze(0).expand(batch, n)
+        score = start.unsqueeze(0) + emissions[:, 0]
+        backpointers: list[Tensor] = []
+        for t in range(1, steps):
+            best, index = (score.unsqueeze(2) + transitions.unsqueeze(0)).max(dim=1)
+            keep = mask[:, t : t + 1]
+            score = torch.where(keep, best + emissions[:, t], score)
+            backpointers.append(torch.where(keep, index, identity))
+        score = score + end.unsqueeze(0)
+        current = score.argmax(dim=1)
+        path = [current]
+        for k in range(len(backpointers) - 1, -1, -1):
+            current = backpointers[k].gather(1, current.unsqueeze(1)).squeeze(1)
+            path.append(current)
+        path.reverse()
+        tags = torch.stack(path, dim=1)
+        return tags.masked_fill(~mask, 0)
+
+
+def _penalty(allowed: Tensor) -> Tensor:
+    return torch.where(allowed, torch.tensor(0.0), torch.tensor(FORBIDDEN))

@@ -1,0 +1,164 @@
+"""The network: embeddings + dictionary features -> BiRNN encoder -> one CRF head per task.
+
+Heads: `seg` (B/M/E/S), `pos` (BMES x PKU tags) and `ner` (O + BMES x PER/LOC/ORG).
+At inference the POS head is decoded inside the word boundaries the segmentation
+head chose, so tokens and their tags always agree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from model.crf import CRF
+from model.schemes import split_label
+from model.vocab import BOS
+
+CELLS = ("lstm", "gru")
+MERGES = ("concat", "sum", "mul", "ave")
+
+
+@dataclass
+class NetworkConfig:
+    cell: str = "lstm"
+    num_layers: int = 1
+    merge: str = "concat"
+    hidden_size: int = 256
+    char_dim: int = 128
+    bigram_dim: int = 64
+    lexicon_dim: int = 32
+    dropout: float = 0.3
+
+    def __post_init__(self) -> None:
+        if self.cell not in CELLS:
+            raise ValueError(f"cell must be one of {CELLS}, not {self.cell!r}")
+        if self.merge not in MERGES:
+            raise ValueError(f"merge must be one of {MERGES}, not {self.merge!r}")
+        if self.num_layers < 1:
+            raise ValueError("num_layers must be at least 1")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class TaggerNetwork(nn.Module):
+    """Shared encoder and three CRF heads. `forward` decodes; `loss` trains."""
+
+    def __init__(
+        self,
+        config: NetworkConfig,
+        num_chars: int,
+        num_bigrams: int,
+        num_lexicon_features: int,
+        seg_labels: list[str],
+        pos_labels: list[str],
+        ner_labels: list[str],
+    ):
+        super().__init__()
+        self.merge = config.merge
+        self.bos_bigram = 2  # Vocab's BOS id
+        assert BOS == "<bos>"
+        self.char_embedding = nn.Embedding(num_chars, config.char_dim, padding_idx=0, sparse=True)
+        self.bigram_embedding = nn.Embedding(num_bigrams, config.bigram_dim, padding_idx=0, sparse=True)
+        self.lexicon_projection = nn.Linear(num_lexicon_features, config.lexicon_dim)
+        input_dim = config.char_dim + 2 * config.bigram_dim + config.lexicon_dim
+        rnn_class = nn.LSTM if config.cell == "lstm" else nn.GRU
+        self.rnn = rnn_class(
+            input_dim,
+            config.hidden_size,
+            num_layers=config.num_layers,
+            bidirectional=True,
+            batch_first=True,
+            dropout=config.dropout if config.num_layers > 1 else 0.0,
+        )
+        self.dropout = nn.Dropout(config.dropout)
+        self.hidden_size = config.hidden_size
+        out_dim = 2 * config.hidden_size if config.merge == "concat" else config.hidden_size
+        self.seg_head = nn.Linear(out_dim, len(seg_labels))
+        self.pos_head = nn.Linear(out_dim, len(pos_labels))
+        self.ner_head = nn.Linear(out_dim, len(ner_labels))
+        self.seg_crf = CRF(seg_labels)
+        # ~180 POS labels make a full CRF ten times slower to train than the encoder;
+        # POS is trained per position and decoded with constraints only.
+        self.pos_crf = CRF(pos_labels, learn=False)
+        self.ner_crf = CRF(ner_labels)
+        # compat[s, p]: POS label p may sit where segmentation chose label s.
+        compat = [[split_label(p)[0] == s for p in pos_labels] for s in seg_labels]
+        self.register_buffer("seg_pos_compat", torch.tensor(compat, dtype=torch.bool))
+
+    def encode(self, chars: Tensor, bigrams: Tensor, lexicon: Tensor, lengths: Tensor) -> Tensor:
+        """Hidden states (B, T, H) for padded inputs; `lengths` on the CPU is fastest."""
+        left = torch.cat([torch.full_like(bigrams[:, :1], self.bos_bigram), bigrams[:, :-1]], dim=1)
+        inputs = torch.cat(
+            [
+                self.char_embedding(chars),
+                self.bigram_embedding(left),
+                self.bigram_embedding(bigrams),
+                torch.relu(self.lexicon_projection(lexicon)),
+            ],
+            dim=2,
+        )
+        inputs = self.dropout(inputs)
+        packed = pack_padded_sequence(inputs, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        output, _ = self.rnn(packed)
+        hidden, _ = pad_packed_sequence(output, batch_first=True, total_length=chars.shape[1])
+        forward_half, backward_half = hidden[..., : self.hidden_size], hidden[..., self.hidden_size :]
+        if self.merge == "sum":
+            hidden = forward_half + backward_half
+        elif self.merge == "mul":
+            hidden = forward_half * backward_half
+        elif self.merge == "ave":
+            hidden = (forward_half + backward_half) / 2
+        return self.dropout(hidden)
+
+    def forward(
+        self,
+        chars: Tensor,
+        bigrams: Tensor,
+        lexicon: Tensor,
+        lengths: Tensor,
+        want_seg: bool = True,
+        want_pos: bool = True,
+        want_ner: bool = True,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Decoded label ids (B, T) for seg, pos and ner; an empty tensor for a head not wanted."""
+        hidden = self.encode(chars, bigrams, lexicon, lengths)
+        empty = torch.zeros(0, dtype=torch.long, device=chars.device)
+        seg, pos, ner = empty, empty, empty
+        if want_seg or want_pos:
+            seg = self.seg_crf.viterbi(self.seg_head(hidden), lengths)
+        if want_pos:
+            allowed = self.seg_pos_compat[seg]
+            pos_scores = torch.log_softmax(self.pos_head(hidden), dim=-1)
+            pos = self.pos_crf.viterbi(pos_scores, lengths, allowed)
+        if want_ner:
+            ner = self.ner_crf.viterbi(self.ner_head(hidden), lengths)
+        return seg, pos, ner
+
+    @torch.jit.unused
+    def loss(
+        self,
+        chars: Tensor,
+        bigrams: Tensor,
+        lexicon: Tensor,
+        lengths: Tensor,
+        seg: Optional[Tensor],
+        pos: Optional[Tensor],
+        ner: Optional[Tensor],
+    ) -> Tensor:
+        """Summed CRF negative log-likelihood over the heads that have gold labels."""
+        hidden = self.encode(chars, bigrams, lexicon, lengths)
+        mask = torch.arange(chars.shape[1], device=chars.device).unsqueeze(0) < lengths.to(chars.device).unsqueeze(1)
+        total = hidden.new_zeros(())
+        if seg is not None:
+            total = total + self.seg_crf.neg_log_likelihood(self.seg_head(hidden), seg, mask)
+        if pos is not None:
+            scores = self.pos_head(hidden)[mask]
+            total = total + nn.functional.cross_entropy(scores, pos[mask], reduction="sum")
+        if ner is not None:
+            total = total + self.ner_crf.neg_log_likelihood(self.ner_head(hidden), ner, mask)
+        return total

@@ -1,0 +1,101 @@
+"""BMES tagging: encoding spans as tags, decoding tags to spans, allowed transitions.
+
+Labels are "B", "M", "E", "S" for plain segmentation and "B-PER", "S-LOC", ... for
+typed tasks, plus "O" (outside any span) for NER.
+"""
+
+from __future__ import annotations
+
+PREFIXES = ("B", "M", "E", "S")
+OUTSIDE = "O"
+
+Span = tuple[int, int, "str | None"]
+
+
+def make_labels(types: list[str] | None, outside: bool) -> list[str]:
+    """The label list of a head: BMES, or BMES x types, with "O" first if `outside`."""
+    labels = [OUTSIDE] if outside else []
+    if types is None:
+        return labels + list(PREFIXES)
+    return labels + [f"{p}-{t}" for t in types for p in PREFIXES]
+
+
+def split_label(label: str) -> tuple[str, str | None]:
+    """"B-PER" -> ("B", "PER"); "B" -> ("B", None); "O" -> ("O", None)."""
+    prefix, _, kind = label.partition("-")
+    return prefix, (kind or None)
+
+
+def encode(spans: list[Span], length: int) -> list[str]:
+    """Tags for a sequence of `length` positions; positions outside any span get "O"."""
+    tags = [OUTSIDE] * length
+    for start, end, kind in spans:
+        suffix = f"-{kind}" if kind else ""
+        if end - start == 1:
+            tags[start] = "S" + suffix
+        else:
+            tags[start] = "B" + suffix
+            for k in range(start + 1, end - 1):
+                tags[k] = "M" + suffix
+            tags[end - 1] = "E" + suffix
+    return tags
+
+
+def decode(tags: list[str]) -> list[Span]:
+    """Spans (start, end, type) from tags; tolerant of invalid sequences.
+
+    An unfinished span is closed where the next one begins or at "O"; a stray M or E
+    starts a span of its own, so no tagged position is ever lost.
+    """
+    spans: list[Span] = []
+    start: int | None = None
+    kind: str | None = None
+    for i, tag in enumerate(tags):
+        prefix, tag_kind = split_label(tag)
+        if start is not None and (prefix in ("B", "S", OUTSIDE) or tag_kind != kind):
+            spans.append((start, i, kind))
+            start = None
+        if prefix == OUTSIDE:
+            continue
+        if start is None:
+            start, kind = i, tag_kind
+        if prefix in ("E", "S"):
+            spans.append((start, i + 1, kind))
+            start = None
+    if start is not None:
+        spans.append((start, len(tags), kind))
+    return spans
+
+
+def allowed_transitions(labels: list[str]) -> tuple[list[bool], list[list[bool]], list[bool]]:
+    """Which labels may start a sequence, follow each label, and end a sequence."""
+
+    def may_start(label: str) -> bool:
+        return split_label(label)[0] in ("B", "S", OUTSIDE)
+
+    def may_end(label: str) -> bool:
+        return split_label(label)[0] in ("E", "S", OUTSIDE)
+
+    def may_follow(previous: str, current: str) -> bool:
+        prev_prefix, prev_kind = split_label(previous)
+        cur_prefix, cur_kind = split_label(current)
+        if prev_prefix in ("B", "M"):
+            return cur_prefix in ("M", "E") and cur_kind == prev_kind
+        return cur_prefix in ("B", "S", OUTSIDE)
+
+    start = [may_start(label) for label in labels]
+    transitions = [[may_follow(a, b) for b in labels] for a in labels]
+    end = [may_end(label) for label in labels]
+    return start, transitions, end
+
+
+def is_valid(tags: list[str]) -> bool:
+    """True if `tags` is a sequence that `allowed_transitions` admits."""
+    if not tags:
+        return True
+    labels = sorted(set(tags))
+    index = {label: k for k, label in enumerate(labels)}
+    start, transitions, end = allowed_transitions(labels)
+    if not start[index[tags[0]]] or not end[index[tags[-1]]]:
+        return False
+    return all(transitions[index[a]][index[b]] for a, b in zip(tags, tags[1:]))

@@ -1,0 +1,91 @@
+"""Shared fixtures: a tiny bundle trained once per session, and real servers on localhost."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+SHIPPED_BUNDLE = ROOT / "model" / "artifacts" / "default"
+
+torch.set_num_threads(1)  # tests share 2 cores with servers they start
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small model trained on a few hundred sentences (seconds); exercises the real training code."""
+    from training.train import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("tiny") / "bundle"
+    config = TrainConfig.from_toml(ROOT / "training" / "configs" / "tiny.toml")
+    train(config, out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def shipped_bundle() -> Path:
+    if not (SHIPPED_BUNDLE / "network.pt").is_file():
+        pytest.fail(f"the shipped bundle {SHIPPED_BUNDLE} is missing")
+    return SHIPPED_BUNDLE
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, process: subprocess.Popen, port: int, log: Path):
+        self.process = process
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = log
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@contextmanager
+def run_server(bundle: Path, tmp_path: Path, env: dict[str, str] | None = None, workers: int = 1, ready_timeout: float = 90) -> Iterator[Server]:
+    """uvicorn on a free localhost port with NER_* settings from `env`; stopped at the end."""
+    port = free_port()
+    log = tmp_path / f"server-{port}.log"
+    environment = {**os.environ, "NER_MODEL_PATH": str(bundle), "NER_TORCH_THREADS": "1", **(env or {})}
+    command = [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
+    with open(log, "wb") as handle:
+        process = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=handle, stderr=subprocess.STDOUT)
+    server = Server(process, port, log)
+    try:
+        deadline = time.monotonic() + ready_timeout
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"server exited with {process.returncode}:\n{server.output()}")
+            try:
+                if httpx.get(f"{server.url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"server not ready after {ready_timeout} s:\n{server.output()}")
+            time.sleep(0.2)
+        yield server
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()

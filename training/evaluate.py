@@ -1,0 +1,151 @@
+"""Evaluate a bundle on a corpus, with the jieba baseline on the same sentences.
+
+    python -m training.evaluate --model model/artifacts/default --corpus msra-test
+    python -m training.evaluate --model model/artifacts/default --corpus pd98-test --json out.json
+    python -m training.evaluate --model BUNDLE --corpus my.txt --format word-pos
+
+Prints a table and writes JSON (default: eval-<corpus>.json in the current folder).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from model.tagger import Entity, TagResult, Tagger, Token
+from training.corpora import Example, load_corpus
+from training.scoring import oov_recall, span_scores, untyped
+
+JIEBA_ENTITY_TYPES = {"nr": "PER", "nrfg": "PER", "nrt": "PER", "ns": "LOC", "nt": "ORG"}
+
+
+def score(examples: Sequence[Example], results: Sequence[TagResult], train_words: set[str] | None = None) -> dict:
+    """The protocol's figures for whatever gold the examples carry (words and/or entities)."""
+    report: dict = {"sentences": len(examples)}
+    with_words = [(e, r) for e, r in zip(examples, results) if e.words is not None]
+    if with_words:
+        gold = [set(e.words) for e, _ in with_words]
+        predicted = [{(t.start, t.end, t.pos) for t in r.tokens if not t.text.isspace()} for _, r in with_words]
+        seg = span_scores([untyped(g) for g in gold], [untyped(p) for p in predicted])
+        if train_words is not None:
+            seg["oov_recall"] = oov_recall([e.text for e, _ in with_words], [untyped(g) for g in gold], [untyped(p) for p in predicted], train_words)
+        report["seg"] = seg
+        if all(span[2] is not None for g in gold for span in g):
+            report["pos"] = span_scores(gold, predicted)
+    with_entities = [(e, r) for e, r in zip(examples, results) if e.entities is not None]
+    if with_entities:
+        gold = [set(e.entities) for e, _ in with_entities]
+        predicted = [{(x.start, x.end, x.type) for x in r.entities} for _, r in with_entities]
+        report["ner"] = span_scores(gold, predicted, by_type=True)
+    return report
+
+
+def jieba_results(texts: Sequence[str]) -> list[TagResult]:
+    """jieba.posseg on each text: tokens with POS; nr/ns/nt words as PER/LOC/ORG entities."""
+    import jieba.posseg
+
+    results = []
+    for text in texts:
+        result, offset = TagResult(text), 0
+        for pair in jieba.posseg.cut(text):
+            end = offset + len(pair.word)
+            result.tokens.append(Token(pair.word, offset, end, pair.flag))
+            if pair.flag in JIEBA_ENTITY_TYPES:
+                result.entities.append(Entity(pair.word, JIEBA_ENTITY_TYPES[pair.flag], offset, end))
+            offset = end
+        results.append(result)
+    return results
+
+
+def jieba_cut_results(texts: Sequence[str]) -> list[TagResult]:
+    """jieba.cut (default mode, HMM on): segmentation only."""
+    import jieba
+
+    results = []
+    for text in texts:
+        result, offset = TagResult(text), 0
+        for word in jieba.cut(text):
+            result.tokens.append(Token(word, offset, offset + len(word)))
+            offset += len(word)
+        results.append(result)
+    return results
+
+
+def training_words() -> set[str]:
+    """Word types of the PD98 training split, for OOV recall."""
+    return {e.text[s:t] for e in load_corpus("pd98-train") for s, t, _ in e.words or []}
+
+
+def evaluate(tagger: Tagger, examples: Sequence[Example], with_jieba: bool = True, train_words: set[str] | None = None) -> dict:
+    texts = [e.text for e in examples]
+    started = time.perf_counter()
+    ours = tagger.tag(texts)
+    seconds = time.perf_counter() - started
+    characters = sum(len(t) for t in texts)
+    report = {"model": score(examples, ours, train_words)}
+    report["model"]["chars_per_second"] = characters / seconds if seconds else 0.0
+    if with_jieba:
+        report["jieba.posseg"] = score(examples, jieba_results(texts), train_words)
+        if any(e.words is not None for e in examples):
+            report["jieba.cut"] = score(examples, jieba_cut_results(texts), train_words)
+    return report
+
+
+def format_table(report: dict) -> str:
+    rows = [("system", "task", "P", "R", "F1", "OOV-R")]
+    for system, figures in report.items():
+        if not isinstance(figures, dict):
+            continue
+        for task in ("seg", "pos", "ner"):
+            if task not in figures:
+                continue
+            f = figures[task]
+            oov = f"{f['oov_recall']:.4f}" if "oov_recall" in f else ""
+            rows.append((system, task, f"{f['precision']:.4f}", f"{f['recall']:.4f}", f"{f['f1']:.4f}", oov))
+            for kind, g in f.get("by_type", {}).items():
+                rows.append((system, f"  {kind}", f"{g['precision']:.4f}", f"{g['recall']:.4f}", f"{g['f1']:.4f}", ""))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="model/artifacts/default", help="bundle folder")
+    parser.add_argument("--corpus", required=True, help="msra-test|msra-dev|pd98-test|pd98-dev or a file")
+    parser.add_argument("--format", choices=["word-pos", "segmented", "char-tags"], help="format of a corpus file (guessed if omitted)")
+    parser.add_argument("--sample", type=int, default=0, help="evaluate a fixed random sample of this many sentences (seed 0)")
+    parser.add_argument("--no-jieba", action="store_true", help="skip the jieba baseline")
+    parser.add_argument("--json", help="where to write the JSON report")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    tagger = Tagger.load(args.model)
+    examples = load_corpus(args.corpus, args.format)
+    if args.sample:
+        examples = sample(examples, args.sample)
+    train_words = training_words() if any(e.words is not None for e in examples) else None
+    report = {"bundle": args.model, "model_name": tagger.name, "model_version": tagger.version, "corpus": args.corpus, "sample": args.sample or None}
+    report.update(evaluate(tagger, examples, not args.no_jieba, train_words))
+    print(format_table(report))
+    out = Path(args.json or f"eval-{Path(args.corpus).name}.json")
+    out.write_text(json.dumps(report, ensure_ascii=False, indent=1), encoding="utf-8")
+    print(f"\nwritten: {out}", file=sys.stderr)
+    return 0
+
+
+def sample(examples: Sequence[Example], size: int, seed: int = 0) -> list[Example]:
+    """A fixed random sample (same seed, same sentences), in corpus order."""
+    indices = sorted(random.Random(seed).sample(range(len(examples)), min(size, len(examples))))
+    return [examples[i] for i in indices]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
