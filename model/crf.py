@@ -6,8 +6,6 @@ score in training and in decoding, so Viterbi can only return valid BMES sequenc
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import Tensor, nn
 
@@ -67,7 +65,7 @@ class CRF(nn.Module):
         log_z = torch.logsumexp(alpha + end.unsqueeze(0), dim=1)
         return (log_z - gold).sum()
 
-    def viterbi(self, emissions: Tensor, lengths: Tensor, allowed: Optional[Tensor] = None) -> Tensor:
+    def viterbi(self, emissions: Tensor, lengths: Tensor, allowed: Tensor | None = None) -> Tensor:
         """Best label ids (B, T); positions past a sequence's length are 0.
 
         `allowed` (B, T, L), if given, restricts the labels at each position.

@@ -8,7 +8,6 @@ head chose, so tokens and their tags always agree.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Optional
 
 import torch
 from torch import Tensor, nn
@@ -102,10 +101,14 @@ class TaggerNetwork(nn.Module):
             ],
             dim=2,
         )
-        inputs = self.dropout(inputs)
+        return self.dropout(self.contextualise(self.dropout(inputs), lengths))
+
+    def contextualise(self, inputs: Tensor, lengths: Tensor) -> Tensor:
+        """The BiRNN over padded `inputs` (B, T, D), each sequence read only up to its length,
+        the two directions merged as configured (padding positions are zero)."""
         packed = pack_padded_sequence(inputs, lengths.cpu(), batch_first=True, enforce_sorted=False)
         output, _ = self.rnn(packed)
-        hidden, _ = pad_packed_sequence(output, batch_first=True, total_length=chars.shape[1])
+        hidden, _ = pad_packed_sequence(output, batch_first=True, total_length=inputs.shape[1])
         forward_half, backward_half = hidden[..., : self.hidden_size], hidden[..., self.hidden_size :]
         if self.merge == "sum":
             hidden = forward_half + backward_half
@@ -113,7 +116,7 @@ class TaggerNetwork(nn.Module):
             hidden = forward_half * backward_half
         elif self.merge == "ave":
             hidden = (forward_half + backward_half) / 2
-        return self.dropout(hidden)
+        return hidden
 
     def forward(
         self,
@@ -146,19 +149,19 @@ class TaggerNetwork(nn.Module):
         bigrams: Tensor,
         lexicon: Tensor,
         lengths: Tensor,
-        seg: Optional[Tensor],
-        pos: Optional[Tensor],
-        ner: Optional[Tensor],
-    ) -> Tensor:
-        """Summed CRF negative log-likelihood over the heads that have gold labels."""
+        seg: Tensor | None,
+        pos: Tensor | None,
+        ner: Tensor | None,
+    ) -> dict[str, Tensor]:
+        """Summed loss of each head that has gold labels: CRF negative log-likelihood for
+        seg and ner, cross-entropy per character for pos."""
         hidden = self.encode(chars, bigrams, lexicon, lengths)
         mask = torch.arange(chars.shape[1], device=chars.device).unsqueeze(0) < lengths.to(chars.device).unsqueeze(1)
-        total = hidden.new_zeros(())
+        losses: dict[str, Tensor] = {}
         if seg is not None:
-            total = total + self.seg_crf.neg_log_likelihood(self.seg_head(hidden), seg, mask)
+            losses["seg"] = self.seg_crf.neg_log_likelihood(self.seg_head(hidden), seg, mask)
         if pos is not None:
-            scores = self.pos_head(hidden)[mask]
-            total = total + nn.functional.cross_entropy(scores, pos[mask], reduction="sum")
+            losses["pos"] = nn.functional.cross_entropy(self.pos_head(hidden)[mask], pos[mask], reduction="sum")
         if ner is not None:
-            total = total + self.ner_crf.neg_log_likelihood(self.ner_head(hidden), ner, mask)
-        return total
+            losses["ner"] = self.ner_crf.neg_log_likelihood(self.ner_head(hidden), ner, mask)
+        return losses

@@ -125,9 +125,10 @@ def atomise(text: str) -> Atoms:
             model_chars.append(LATIN if has_letter else NUMBER)
         else:
             i += 1
+            model_chars.append(char)
+        if not char.isspace():
             while i < n and (_is_attached(normal[i]) or normal[i - 1] == _ZWJ):
                 i += 1
-            model_chars.append(char)
         spans.append((start, i))
     return Atoms("".join(model_chars), tuple(spans))
 

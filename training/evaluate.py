@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from model.tagger import Entity, TagResult, Tagger, Token
+from model.tagger import Entity, Tagger, TagResult, Token
 from training.corpora import Example, load_corpus
 from training.scoring import oov_recall, span_scores, untyped
 

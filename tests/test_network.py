@@ -1,0 +1,129 @@
+"""The network: TorchScript export equals eager; the RNN cells match the gate equations."""
+
+import numpy as np
+import pytest
+import torch
+
+from model.artifact import load_bundle
+from model.network import NetworkConfig, TaggerNetwork
+from model.schemes import make_labels
+from model.tagger import Tagger
+
+SEG = make_labels(None, False)
+POS = make_labels(["n", "v", "w", "nr"], False)
+NER = make_labels(["PER", "LOC", "ORG"], True)
+
+
+def small_network(**config) -> TaggerNetwork:
+    torch.manual_seed(0)
+    network = TaggerNetwork(NetworkConfig(hidden_size=8, char_dim=6, bigram_dim=4, lexicon_dim=3, **config), 50, 80, 25, SEG, POS, NER)
+    return network.eval()
+
+
+def random_batch(seed: int, batch: int = 5, steps: int = 9):
+    generator = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(1, steps + 1, (batch,), generator=generator)
+    lengths[0] = steps
+    chars = torch.randint(1, 50, (batch, steps), generator=generator)
+    bigrams = torch.randint(1, 80, (batch, steps), generator=generator)
+    lexicon = torch.rand(batch, steps, 25, generator=generator)
+    return chars, bigrams, lexicon, lengths
+
+
+@pytest.mark.parametrize("cell,merge,layers", [("lstm", "concat", 1), ("gru", "sum", 2), ("lstm", "mul", 1), ("gru", "ave", 1)])
+def test_torchscript_equals_eager_on_random_inputs(cell, merge, layers):
+    network = small_network(cell=cell, merge=merge, num_layers=layers)
+    scripted = torch.jit.script(network)
+    for seed in range(5):
+        inputs = random_batch(seed)
+        for eager, exported in zip(network(*inputs), scripted(*inputs)):
+            assert torch.equal(eager, exported)
+
+
+def test_torchscript_equals_eager_on_real_sentences(tiny_bundle):
+    scripted, metadata = load_bundle(tiny_bundle)
+    tagger_scripted = Tagger(scripted, metadata)
+    # The eager twin: same weights loaded into a fresh TaggerNetwork.
+    config = NetworkConfig(**metadata["config"]["network"])
+    labels = metadata["labels"]
+    eager = TaggerNetwork(config, len(metadata["vocab"]["chars"]), len(metadata["vocab"]["bigrams"]), metadata["lexicon_features"], labels["seg"], labels["pos"], labels["ner"])
+    eager.load_state_dict(scripted.state_dict())
+    tagger_eager = Tagger(eager.eval(), metadata)
+    sentences = ["中共中央总书记、国家主席江泽民发表1998年新年讲话。", "张三在上海交通大学读书", "iPhone 15 售价 5999 元！"]
+    assert [r.to_dict() for r in tagger_scripted.tag(sentences)] == [r.to_dict() for r in tagger_eager.tag(sentences)]
+
+
+def sigmoid(x):
+    return 1 / (1 + np.exp(-x))
+
+
+def lstm_reference(x, w_ih, w_hh, b_ih, b_hh):
+    """PyTorch's LSTM equations: gates i, f, g, o."""
+    hidden = w_hh.shape[1]
+    h, c = np.zeros(hidden), np.zeros(hidden)
+    outputs = []
+    for x_t in x:
+        gates = w_ih @ x_t + b_ih + w_hh @ h + b_hh
+        i, f, g, o = np.split(gates, 4)
+        c = sigmoid(f) * c + sigmoid(i) * np.tanh(g)
+        h = sigmoid(o) * np.tanh(c)
+        outputs.append(h)
+    return np.array(outputs)
+
+
+def gru_reference(x, w_ih, w_hh, b_ih, b_hh):
+    """PyTorch's GRU equations: gates r, z, n."""
+    hidden = w_hh.shape[1]
+    h = np.zeros(hidden)
+    outputs = []
+    for x_t in x:
+        gi = w_ih @ x_t + b_ih
+        gh = w_hh @ h + b_hh
+        r = sigmoid(gi[:hidden] + gh[:hidden])
+        z = sigmoid(gi[hidden : 2 * hidden] + gh[hidden : 2 * hidden])
+        n = np.tanh(gi[2 * hidden :] + r * gh[2 * hidden :])
+        h = (1 - z) * n + z * h
+        outputs.append(h)
+    return np.array(outputs)
+
+
+@pytest.mark.parametrize("cell,reference", [("lstm", lstm_reference), ("gru", gru_reference)])
+@pytest.mark.parametrize("merge", ["concat", "sum", "mul", "ave"])
+def test_rnn_matches_numpy_gate_equations(cell, reference, merge):
+    network = small_network(cell=cell, merge=merge)
+    # Fixed, hand-chosen weights: a smooth pattern, so nothing depends on the random init.
+    with torch.no_grad():
+        for name, parameter in network.rnn.named_parameters():
+            values = torch.arange(parameter.numel(), dtype=torch.float32).reshape(parameter.shape)
+            parameter.copy_(torch.sin(values * 0.37 + len(name)) * 0.5)
+    weights = {name: p.detach().numpy().astype(np.float64) for name, p in network.rnn.named_parameters()}
+    inputs = torch.sin(torch.arange(2 * 6 * network.rnn.input_size, dtype=torch.float32)).reshape(2, 6, -1)
+    lengths = torch.tensor([6, 4])
+    with torch.no_grad():
+        hidden = network.contextualise(inputs, lengths).numpy()
+    for row, length in enumerate(lengths.tolist()):
+        x = inputs[row, :length].numpy().astype(np.float64)
+        forward = reference(x, weights["weight_ih_l0"], weights["weight_hh_l0"], weights["bias_ih_l0"], weights["bias_hh_l0"])
+        backward = reference(x[::-1], weights["weight_ih_l0_reverse"], weights["weight_hh_l0_reverse"], weights["bias_ih_l0_reverse"], weights["bias_hh_l0_reverse"])[::-1]
+        expected = {
+            "concat": np.concatenate([forward, backward], axis=1),
+            "sum": forward + backward,
+            "mul": forward * backward,
+            "ave": (forward + backward) / 2,
+        }[merge]
+        np.testing.assert_allclose(hidden[row, :length], expected, atol=1e-5)
+        assert np.all(hidden[row, length:] == 0)
+
+
+def test_pos_tags_always_follow_the_segmentation():
+    network = small_network()
+    for seed in range(5):
+        seg, pos, _ = network(*random_batch(seed))
+        for seg_row, pos_row in zip(seg.tolist(), pos.tolist()):
+            assert [SEG[s] for s in seg_row] == [POS[p].split("-")[0] for p in pos_row]
+
+
+def test_unwanted_heads_are_skipped():
+    network = small_network()
+    seg, pos, ner = network(*random_batch(0), True, False, False)
+    assert seg.numel() > 0 and pos.numel() == 0 and ner.numel() == 0

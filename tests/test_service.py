@@ -1,0 +1,201 @@
+"""The HTTP service on a real uvicorn (and TestClient where a server adds nothing)."""
+
+import concurrent.futures
+import json
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from app.main import create_app
+from app.settings import FAULT_MARKER, Settings
+from tests.conftest import ROOT, run_server
+
+TEXTS = [f"第{i}位代表张{i}在{['上海', '广州', '深圳', '北京'][i % 4]}发表讲话。新华社报道。" for i in range(64)]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_bundle, tmp_path_factory):
+    with run_server(tiny_bundle, tmp_path_factory.mktemp("srv"), {"NER_MAX_WAIT_MS": "20"}) as running:
+        yield running
+
+
+def post(url: str, body: dict, **kwargs) -> httpx.Response:
+    return httpx.post(f"{url}/tag", json=body, timeout=60, **kwargs)
+
+
+def batch_size_sum_and_count(url: str) -> tuple[float, float]:
+    text = httpx.get(f"{url}/metrics").text
+    values = {line.split()[0]: float(line.split()[1]) for line in text.splitlines() if line.startswith("ner_batch_size_sentences_")}
+    return values["ner_batch_size_sentences_sum"], values["ner_batch_size_sentences_count"]
+
+
+def test_tag_returns_tokens_pos_and_entities(server):
+    response = post(server.url, {"text": "江泽民在北京大学发表讲话。"})
+    assert response.status_code == 200
+    body = response.json()
+    assert body["model"] == {"name": "tiny", "version": "0.0.1"}
+    [result] = body["results"]
+    assert result["text"] == "江泽民在北京大学发表讲话。"
+    assert "".join(t["text"] for t in result["tokens"]) == result["text"]
+    assert all(t["pos"] for t in result["tokens"])
+
+
+def test_64_concurrent_clients_get_their_own_answers(server):
+    alone = [post(server.url, {"text": t}).json()["results"][0] for t in TEXTS]
+    sum_before, count_before = batch_size_sum_and_count(server.url)
+    barrier = threading.Barrier(len(TEXTS))
+
+    def client(text: str) -> dict:
+        barrier.wait()
+        response = post(server.url, {"text": text})
+        assert response.status_code == 200
+        return response.json()["results"][0]
+
+    with concurrent.futures.ThreadPoolExecutor(len(TEXTS)) as pool:
+        together = list(pool.map(client, TEXTS))
+    assert together == alone
+    sum_after, count_after = batch_size_sum_and_count(server.url)
+    sentences, batches = sum_after - sum_before, count_after - count_before
+    assert sentences == len(TEXTS) * 2  # each text has two sentences (chunks)
+    assert batches < sentences, "no batch held more than one sentence"
+
+
+def test_many_texts_in_one_request_keep_their_order(server):
+    body = post(server.url, {"texts": TEXTS[:20], "tasks": ["seg", "ner"]}).json()
+    assert [r["text"] for r in body["results"]] == TEXTS[:20]
+    assert all(t["pos"] is None for r in body["results"] for t in r["tokens"])
+
+
+def test_healthz_answers_while_a_long_batch_runs(server):
+    long_text = "中共中央总书记江泽民在北京发表讲话" * 5000  # 85,000 characters, one request
+    finished = threading.Event()
+    answers_during = []
+
+    def long_request():
+        assert post(server.url, {"text": long_text, "tasks": ["seg", "pos", "ner"]}).status_code == 200
+        finished.set()
+
+    thread = threading.Thread(target=long_request)
+    thread.start()
+    while not finished.is_set():
+        response = httpx.get(f"{server.url}/healthz", timeout=5)
+        if not finished.is_set():
+            answers_during.append(response.status_code)
+    thread.join()
+    assert answers_during and set(answers_during) == {200}
+
+
+def test_model_endpoint_describes_the_bundle(server):
+    body = httpx.get(f"{server.url}/model").json()
+    assert body["name"] == "tiny"
+    assert set(body["labels"]) == {"seg", "pos", "ner"}
+    assert "PER" in "".join(body["labels"]["ner"])
+    assert body["evaluation"]["dev"]["ner"]["f1"] >= 0
+    assert body["corpora"]["ner"]["train"] == "msra-train"
+
+
+def test_openapi_documents_tag_with_examples(server):
+    schema = httpx.get(f"{server.url}/openapi.json").json()
+    assert "/tag" in schema["paths"]
+    assert "examples" in json.dumps(schema["components"]["schemas"]["TagRequest"])
+    assert httpx.get(f"{server.url}/docs").status_code == 200
+
+
+# -- limits and errors (TestClient: same app, settings chosen per test) -------------------------
+
+
+@contextmanager
+def client_for(bundle, **overrides) -> Iterator[TestClient]:
+    """A TestClient with the lifespan running and the warm-up batch done."""
+    with TestClient(create_app(Settings(model_path=str(bundle), **overrides))) as client:
+        for _ in range(200):
+            if client.get("/readyz").status_code == 200:
+                break
+            threading.Event().wait(0.05)
+        yield client
+
+
+@pytest.mark.parametrize(
+    "body,status,message",
+    [
+        ({"texts": ["a", "b", "c", "d"]}, 413, "too many texts: 4, the limit is 3"),
+        ({"text": "字" * 51}, 413, "text 0 has 51 characters, the limit is 50"),
+        ({"text": "x", "tasks": ["parse"]}, 422, "tasks.0"),
+        ({"texts": []}, 422, "`texts` is empty"),
+        ({}, 422, "exactly one of `text`"),
+    ],
+)
+def test_limits_and_validation(tiny_bundle, body, status, message):
+    with client_for(tiny_bundle, max_texts=3, max_text_chars=50) as client:
+        response = client.post("/tag", json=body)
+    assert response.status_code == status
+    assert message in response.json()["error"]
+
+
+def test_body_over_the_byte_limit_is_refused_before_parsing(tiny_bundle):
+    with client_for(tiny_bundle, max_body_bytes=100) as client:
+        response = client.post("/tag", content=b'{"text": "' + b"a" * 200 + b'"}', headers={"content-type": "application/json"})
+    assert response.status_code == 413
+    assert "larger than the limit of 100 bytes" in response.json()["error"]
+
+
+def test_readyz_is_503_until_the_model_is_warm(tiny_bundle):
+    app = create_app(Settings(model_path=str(tiny_bundle)))
+    cold = TestClient(app)  # lifespan not started: nothing loaded
+    response = cold.get("/readyz")
+    assert response.status_code == 503 and response.headers["retry-after"]
+    assert cold.post("/tag", json={"text": "x"}).status_code == 503
+    with TestClient(app) as warm:
+        for _ in range(100):
+            if warm.get("/readyz").status_code == 200:
+                break
+            threading.Event().wait(0.05)
+        assert warm.get("/readyz").status_code == 200
+        assert warm.get("/healthz").json() == {"status": "ok"}
+
+
+def test_full_queue_answers_503_with_retry_after(tiny_bundle):
+    with client_for(tiny_bundle, queue_capacity=2) as client:
+        response = client.post("/tag", json={"text": "一。二。三。四。"})
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "1"
+    assert "queue holds 2 sentences" in response.json()["error"]
+
+
+def test_a_failing_batch_fails_only_its_requests(tiny_bundle):
+    with client_for(tiny_bundle, fault_injection=True) as client:
+        failed = client.post("/tag", json={"text": f"坏{FAULT_MARKER}"})
+        assert failed.status_code == 500
+        error_id = failed.json()["error_id"]
+        assert error_id in failed.json()["error"]
+        assert client.post("/tag", json={"text": "好的。"}).status_code == 200
+
+
+# -- CLI --------------------------------------------------------------------------------------
+
+
+def test_cli_tags_a_file_to_jsonl(tiny_bundle, tmp_path):
+    source = tmp_path / "in.txt"
+    source.write_text("江泽民在北京。\n\n张三去了上海。\n", encoding="utf-8")
+    out = tmp_path / "out.jsonl"
+    command = [sys.executable, "-m", "app.cli", "--model", str(tiny_bundle), "--file", str(source), "--output", str(out), "--batch-size", "2"]
+    subprocess.run(command, cwd=ROOT, check=True, capture_output=True)
+    lines = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [r["text"] for r in lines] == ["江泽民在北京。", "", "张三去了上海。"]
+    assert lines[0]["tokens"] and lines[1]["tokens"] == []
+
+
+def test_cli_reads_arguments_and_stdin(tiny_bundle):
+    command = [sys.executable, "-m", "app.cli", "--model", str(tiny_bundle), "--tasks", "ner"]
+    from_args = subprocess.run(command + ["张三。", "李四。"], cwd=ROOT, check=True, capture_output=True, text=True)
+    assert len(from_args.stdout.splitlines()) == 2
+    from_stdin = subprocess.run(command, input="王五。\n", cwd=ROOT, check=True, capture_output=True, text=True)
+    assert json.loads(from_stdin.stdout)["tokens"] == []
+    bad = subprocess.run(command[:-2] + ["--tasks", "parse", "x"], cwd=ROOT, capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown task" in bad.stderr

@@ -1,0 +1,75 @@
+"""The shipped default bundle: offsets, recorded accuracy, hand-checked sentences, user words."""
+
+import httpx
+import jieba
+import jieba.posseg
+import pytest
+
+from model.artifact import read_metadata
+from model.lexicon import Lexicon
+from model.tagger import Tagger
+from tests.conftest import run_server
+from training.corpora import load_corpus
+from training.evaluate import sample, score
+from training.model_card import SAMPLE_SIZE
+
+INVENTED_WORD = "氪晶猫爪藤"  # not in jieba's dictionary, not in the training data
+
+
+@pytest.fixture(scope="module")
+def tagger(shipped_bundle):
+    return Tagger.load(shipped_bundle, "cpu")
+
+
+@pytest.mark.parametrize("corpus", ["msra-test", "pd98-test"])
+def test_sample_figures_match_the_model_card(tagger, shipped_bundle, corpus):
+    recorded = read_metadata(shipped_bundle)["evaluation"][f"{corpus}-sample{SAMPLE_SIZE}"]["model"]
+    examples = sample(load_corpus(corpus), SAMPLE_SIZE)
+    measured = score(examples, tagger.tag([e.text for e in examples]))
+    for task in ("seg", "pos", "ner"):
+        if task in recorded:
+            assert abs(measured[task]["f1"] - recorded[task]["f1"]) <= 0.01, (task, measured[task]["f1"], recorded[task]["f1"])
+
+
+def test_offsets_on_test_sentences(tagger):
+    texts = [e.text for e in sample(load_corpus("pd98-test"), 200, seed=1)] + ["  混合 text，ｆｕｌｌ　width １２３ and emoji 😀。\n"]
+    for result in tagger.tag(texts):
+        position = 0
+        for token in result.tokens:
+            assert token.start == position and result.text[token.start : token.end] == token.text
+            position = token.end
+        assert position == len(result.text)
+        for entity in result.entities:
+            assert result.text[entity.start : entity.end] == entity.text
+
+
+@pytest.mark.parametrize(
+    "text,entities",
+    [
+        ("国务院总理李鹏今天在北京会见了日本客人。", {("李鹏", "PER"), ("北京", "LOC"), ("日本", "LOC"), ("国务院", "ORG")}),
+        ("新华社记者报道，上海市人民政府发布了新的规定。", {("新华社", "ORG"), ("上海市人民政府", "ORG")}),
+        ("江泽民在中南海会见了美国总统克林顿。", {("江泽民", "PER"), ("中南海", "LOC"), ("美国", "LOC"), ("克林顿", "PER")}),
+    ],
+)
+def test_hand_checked_entities(tagger, text, entities):
+    [result] = tagger.tag([text])
+    assert {(e.text, e.type) for e in result.entities} == entities
+
+
+def test_hand_checked_segmentation_and_pos(tagger):
+    [result] = tagger.tag(["中国人民银行发布了新的利率政策。"])
+    assert [(t.text, t.pos) for t in result.tokens] == [
+        ("中国", "ns"), ("人民", "n"), ("银行", "n"), ("发布", "v"), ("了", "u"), ("新", "a"), ("的", "u"), ("利率", "n"), ("政策", "n"), ("。", "w"),
+    ]
+
+
+def test_user_dictionary_joins_an_invented_word(shipped_bundle, tmp_path):
+    text = f"他买了一盆{INVENTED_WORD}。"
+    plain = Tagger.load(shipped_bundle, "cpu", Lexicon(jieba.posseg.POSTokenizer(jieba.Tokenizer())))
+    assert INVENTED_WORD not in [t.text for t in plain.tag([text])[0].tokens]
+    user_dict = tmp_path / "user.txt"
+    user_dict.write_text(f"{INVENTED_WORD} 100000 n\n", encoding="utf-8")
+    with run_server(shipped_bundle, tmp_path, {"NER_USER_DICT": str(user_dict)}) as server:
+        body = httpx.post(f"{server.url}/tag", json={"text": text}, timeout=30).json()
+        assert INVENTED_WORD in [t["text"] for t in body["results"][0]["tokens"]]
+        assert httpx.get(f"{server.url}/model").json()["user_dictionary"]["entries"] == 1

@@ -1,0 +1,116 @@
+"""The Tagger API on a tiny trained bundle: offsets, odd inputs, user words, bundle errors."""
+
+import json
+import shutil
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from model.artifact import BundleError
+from model.lexicon import Lexicon
+from model.tagger import Tagger
+
+
+@pytest.fixture(scope="module")
+def tagger(tiny_bundle):
+    return Tagger.load(tiny_bundle, "cpu")
+
+
+def assert_offsets(result):
+    position = 0
+    for token in result.tokens:
+        assert token.start == position, "tokens must tile the text in order"
+        assert result.text[token.start : token.end] == token.text
+        position = token.end
+    assert position == len(result.text)
+    for entity in result.entities:
+        assert result.text[entity.start : entity.end] == entity.text
+        assert entity.type in ("PER", "LOC", "ORG")
+
+
+ODD_TEXTS = ["", " ", "\n\t ", "a", "。", "iPhone 15 Pro售价7999元", "３．１４ｋｇ", "😀👨\u200d👩\u200d👧🇨🇳", "e\u0301\u0301", "مرحبا 你好", "\x00\x01", "臺灣的學生", "！？。，", "字" * 1000]
+
+
+@pytest.mark.parametrize("text", ODD_TEXTS)
+def test_odd_texts_give_valid_offsets(tagger, text):
+    [result] = tagger.tag([text])
+    assert_offsets(result)
+
+
+def test_whitespace_is_its_own_token(tagger):
+    [result] = tagger.tag(["北京 上海"])
+    assert [t.text for t in result.tokens if t.text.isspace()] == [" "]
+
+
+def test_latin_words_and_numbers_are_not_split(tagger):
+    [result] = tagger.tag(["iPhone 15售价5999.00元"])
+    texts = [t.text for t in result.tokens]
+    assert "iPhone" in texts
+    assert any("5999.00" in t for t in texts)
+
+
+def test_long_text_is_chunked_without_loss(tagger):
+    text = "中共中央总书记、国家主席江泽民发表新年讲话，" * 40 + "完"
+    [result] = tagger.tag([text], batch_size=4)
+    assert_offsets(result)
+    assert tagger.max_len < len(text)
+
+
+def test_batching_does_not_change_results(tagger):
+    texts = ["江泽民在北京。", "上海很大", "" , "新华社记者报道。" * 3]
+    one_by_one = [tagger.tag([t])[0].to_dict() for t in texts]
+    assert [r.to_dict() for r in tagger.tag(texts, batch_size=2)] == one_by_one
+
+
+def test_task_subsets(tagger):
+    [seg_only] = tagger.tag(["江泽民在北京。"], tasks=["seg"])
+    assert seg_only.tokens and all(t.pos is None for t in seg_only.tokens) and seg_only.entities == []
+    [ner_only] = tagger.tag(["江泽民在北京。"], tasks=["ner"])
+    assert ner_only.tokens == []
+    with pytest.raises(ValueError, match="unknown task"):
+        tagger.tag(["x"], tasks=["parse"])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.text(max_size=120))
+def test_any_unicode_text_is_covered(tagger, text):
+    [result] = tagger.tag([text])
+    assert_offsets(result)
+
+
+def test_user_words_flow_into_dictionary_features(tmp_path):
+    import jieba
+
+    lexicon = Lexicon(jieba.posseg.POSTokenizer(jieba.Tokenizer()))
+    word = "氪金猫爪"
+    before = lexicon.features(word)
+    user_dict = tmp_path / "user.txt"
+    user_dict.write_text(f"{word} 2000 nz\nbad line with too many fields\n", encoding="utf-8")
+    added, rejected = lexicon.add_words(str(user_dict))
+    assert (added, len(rejected)) == (1, 1)
+    after = lexicon.features(word)
+    assert before[0, 2] == 0 and after[0, 2] > 0  # B role, length bucket 4
+
+
+def test_missing_bundle_names_the_folder(tmp_path):
+    with pytest.raises(BundleError, match="no such folder"):
+        Tagger.load(tmp_path / "nowhere")
+
+
+def test_corrupt_network_names_the_file(tiny_bundle, tmp_path):
+    copy = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, copy)
+    (copy / "network.pt").write_bytes(b"not a torchscript file")
+    with pytest.raises(BundleError, match=r"network\.pt: corrupt"):
+        Tagger.load(copy)
+
+
+def test_wrong_format_version_names_the_file(tiny_bundle, tmp_path):
+    copy = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, copy)
+    metadata = json.loads((copy / "metadata.json").read_text())
+    metadata["format_version"] = 99
+    (copy / "metadata.json").write_text(json.dumps(metadata))
+    with pytest.raises(BundleError, match=r"metadata\.json: bundle format version 99"):
+        Tagger.load(copy)
