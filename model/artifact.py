@@ -39,6 +39,22 @@ def save_bundle(path: str | Path, network: torch.nn.Module, metadata: dict[str, 
     return folder
 
 
+def build_network(metadata: dict[str, Any]) -> torch.nn.Module:
+    """A fresh (eager, untrained) TaggerNetwork shaped as the bundle's metadata describes."""
+    from model.network import NetworkConfig, TaggerNetwork
+
+    labels = metadata["labels"]
+    return TaggerNetwork(
+        NetworkConfig(**metadata["config"]["network"]),
+        len(metadata["vocab"]["chars"]),
+        len(metadata["vocab"]["bigrams"]),
+        metadata["lexicon_features"],
+        labels["seg"],
+        labels["pos"],
+        labels["ner"],
+    )
+
+
 def read_metadata(path: str | Path) -> dict[str, Any]:
     """The validated metadata of the bundle at `path`."""
     folder = Path(path)
@@ -74,3 +90,23 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> tuple[t
         raise BundleError(f"{file}: corrupt, TorchScript could not load it ({type(error).__name__}: {str(error).splitlines()[0][:200]}). Restore the bundle or retrain it.") from error
     network.eval()
     return network, metadata
+
+
+def reexport(path: str | Path) -> list[str]:
+    """Re-script the bundle's weights with the current network code (e.g. after a faster
+    decoder was written); returns the names of stored tensors the current code has no use for."""
+    scripted, metadata = load_bundle(path)
+    network = build_network(metadata)
+    state = scripted.state_dict()
+    wanted = network.state_dict().keys()
+    unused = sorted(set(state) - set(wanted))
+    network.load_state_dict({k: v for k, v in state.items() if k in wanted}, strict=True)
+    save_bundle(path, network, metadata)
+    return unused
+
+
+if __name__ == "__main__":
+    import sys
+
+    for bundle in sys.argv[1:]:
+        print(bundle, "re-exported; unused tensors:", reexport(bundle))

@@ -15,19 +15,13 @@ FORBIDDEN = -10000.0
 
 
 class CRF(nn.Module):
-    """With `learn=False` the scores stay zero and only the constraints apply: a
-    transition-constrained Viterbi for heads trained per position (cheaper for large
-    label sets such as POS)."""
-
-    def __init__(self, labels: list[str], learn: bool = True):
+    def __init__(self, labels: list[str]):
         super().__init__()
         n = len(labels)
         self.num_labels = n
-        for name, shape in (("transitions", (n, n)), ("start", (n,)), ("end", (n,))):
-            if learn:
-                self.register_parameter(name, nn.Parameter(torch.zeros(shape)))
-            else:
-                self.register_buffer(name, torch.zeros(shape))
+        self.transitions = nn.Parameter(torch.zeros(n, n))
+        self.start = nn.Parameter(torch.zeros(n))
+        self.end = nn.Parameter(torch.zeros(n))
         start_ok, trans_ok, end_ok = allowed_transitions(labels)
         self.register_buffer("start_penalty", _penalty(torch.tensor(start_ok)))
         self.register_buffer("transition_penalty", _penalty(torch.tensor(trans_ok)))

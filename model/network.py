@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from model.crf import CRF
-from model.schemes import split_label
+from model.schemes import PREFIXES, make_labels, split_label
 from model.vocab import BOS
 
 CELLS = ("lstm", "gru")
@@ -81,13 +81,16 @@ class TaggerNetwork(nn.Module):
         self.pos_head = nn.Linear(out_dim, len(pos_labels))
         self.ner_head = nn.Linear(out_dim, len(ner_labels))
         self.seg_crf = CRF(seg_labels)
-        # ~180 POS labels make a full CRF ten times slower to train than the encoder;
-        # POS is trained per position and decoded with constraints only.
-        self.pos_crf = CRF(pos_labels, learn=False)
         self.ner_crf = CRF(ner_labels)
-        # compat[s, p]: POS label p may sit where segmentation chose label s.
-        compat = [[split_label(p)[0] == s for p in pos_labels] for s in seg_labels]
-        self.register_buffer("seg_pos_compat", torch.tensor(compat, dtype=torch.bool))
+        # ~180 POS labels make a CRF ten times slower to train than the encoder, so POS is
+        # trained per character and decoded inside the words the seg head chose (`tag_words`),
+        # which needs the label layouts below.
+        if seg_labels != list(PREFIXES):
+            raise ValueError(f"seg labels must be {list(PREFIXES)}")
+        types = [split_label(label)[1] for label in pos_labels[:: len(PREFIXES)]]
+        if pos_labels != make_labels(types, False):
+            raise ValueError("pos labels must be make_labels(types, outside=False)")
+        self.num_pos_types = len(types)
 
     def encode(self, chars: Tensor, bigrams: Tensor, lexicon: Tensor, lengths: Tensor) -> Tensor:
         """Hidden states (B, T, H) for padded inputs; `lengths` on the CPU is fastest."""
@@ -135,12 +138,30 @@ class TaggerNetwork(nn.Module):
         if want_seg or want_pos:
             seg = self.seg_crf.viterbi(self.seg_head(hidden), lengths)
         if want_pos:
-            allowed = self.seg_pos_compat[seg]
-            pos_scores = torch.log_softmax(self.pos_head(hidden), dim=-1)
-            pos = self.pos_crf.viterbi(pos_scores, lengths, allowed)
+            pos = self.tag_words(torch.log_softmax(self.pos_head(hidden), dim=-1), seg, lengths)
         if want_ner:
             ner = self.ner_crf.viterbi(self.ner_head(hidden), lengths)
         return seg, pos, ner
+
+    def tag_words(self, pos_scores: Tensor, seg: Tensor, lengths: Tensor) -> Tensor:
+        """POS label ids (B, T): for each word of `seg`, the tag whose B/M/E/S labels have the
+        highest summed log-probability over the word's characters.
+
+        This is exactly the constrained Viterbi path when POS transitions carry no score:
+        inside a word the tag cannot change, and between words any tag may follow any.
+        """
+        batch, steps, _ = pos_scores.shape
+        types = self.num_pos_types
+        by_type = pos_scores.view(batch, steps, types, 4)  # B, M, E, S
+        # the score of label (seg prefix, type) at each position: (B, T, types)
+        per_type = by_type.gather(3, seg.view(batch, steps, 1, 1).expand(batch, steps, types, 1)).squeeze(3)
+        mask = torch.arange(steps, device=seg.device).unsqueeze(0) < lengths.to(seg.device).unsqueeze(1)
+        per_type = per_type * mask.unsqueeze(2).to(per_type.dtype)
+        starts = (seg == 0) | (seg == 3)  # B or S begins a word
+        word = (starts.long().cumsum(1) - 1).clamp(min=0)
+        totals = torch.zeros_like(per_type).scatter_add_(1, word.unsqueeze(2).expand(batch, steps, types), per_type)
+        best = totals.argmax(dim=2).gather(1, word)
+        return (best * 4 + seg).masked_fill(~mask, 0)
 
     @torch.jit.unused
     def loss(

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from model.artifact import load_bundle
+from model.artifact import build_network, load_bundle
 from model.network import NetworkConfig, TaggerNetwork
 from model.schemes import make_labels
 from model.tagger import Tagger
@@ -44,9 +44,7 @@ def test_torchscript_equals_eager_on_real_sentences(tiny_bundle):
     scripted, metadata = load_bundle(tiny_bundle)
     tagger_scripted = Tagger(scripted, metadata)
     # The eager twin: same weights loaded into a fresh TaggerNetwork.
-    config = NetworkConfig(**metadata["config"]["network"])
-    labels = metadata["labels"]
-    eager = TaggerNetwork(config, len(metadata["vocab"]["chars"]), len(metadata["vocab"]["bigrams"]), metadata["lexicon_features"], labels["seg"], labels["pos"], labels["ner"])
+    eager = build_network(metadata)
     eager.load_state_dict(scripted.state_dict())
     tagger_eager = Tagger(eager.eval(), metadata)
     sentences = ["中共中央总书记、国家主席江泽民发表1998年新年讲话。", "张三在上海交通大学读书", "iPhone 15 售价 5999 元！"]
@@ -127,3 +125,20 @@ def test_unwanted_heads_are_skipped():
     network = small_network()
     seg, pos, ner = network(*random_batch(0), True, False, False)
     assert seg.numel() > 0 and pos.numel() == 0 and ner.numel() == 0
+
+
+def test_tag_words_equals_constrained_viterbi():
+    """Per-word POS decoding is the Viterbi path under BMES constraints and the seg boundaries."""
+    from model.crf import CRF
+    from model.schemes import split_label
+
+    network = small_network()
+    crf = CRF(POS)  # zero transition scores, constraints only
+    generator = torch.Generator().manual_seed(3)
+    for seed in range(10):
+        seg, _, _ = network(*random_batch(seed))
+        lengths = random_batch(seed)[3]
+        scores = torch.log_softmax(torch.randn(seg.shape[0], seg.shape[1], len(POS), generator=generator), dim=-1)
+        allowed = torch.tensor([[split_label(p)[0] == s for p in POS] for s in SEG])[seg]
+        expected = crf.viterbi(scores.masked_fill(~allowed, -10000.0), lengths)
+        assert torch.equal(network.tag_words(scores, seg, lengths), expected)
