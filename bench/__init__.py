@@ -1,0 +1,1 @@
+"""Benchmarks: in-process throughput, HTTP load, soak."""
