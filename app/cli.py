@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", help="write JSONL here (default: stdout)")
     parser.add_argument("--model", default=settings.model_path, help="bundle folder (default: NER_MODEL_PATH or the shipped model)")
     parser.add_argument("--device", default=settings.device, help="auto, cpu or cuda")
+    parser.add_argument("--precision", default=settings.precision, choices=["fp32", "int8"], help="int8: quantised, CPU only")
     parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated subset of seg,pos,ner")
     parser.add_argument("--user-dict", default=settings.user_dict, help="user dictionary: word [freq] [pos] per line")
     parser.add_argument("--batch-size", type=int, default=256, help="texts per batch")
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.user_dict:
         added, rejected = lexicon.add_words(args.user_dict)
         print(f"user dictionary {args.user_dict}: {added} entries, {len(rejected)} rejected lines", file=sys.stderr)
-    tagger = Tagger.load(args.model, args.device, lexicon)
+    tagger = Tagger.load(args.model, args.device, lexicon, args.precision)
 
     if args.texts:
         lines: Iterable[str] = args.texts

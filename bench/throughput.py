@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="model/artifacts/default")
     parser.add_argument("--limit", type=int, default=0, help="use the first N sentences (0 = all 5,000)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "int8"])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -84,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         "sentences": len(sentences),
         "characters": characters,
         "threads": args.threads,
+        "precision": args.precision,
         "cpu": cpu_name(),
         "cores": len(__import__("os").sched_getaffinity(0)),
         "torch": torch.__version__,
@@ -91,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         "peers": {},
     }
 
-    tagger = Tagger.load(args.model, "cpu")
+    tagger = Tagger.load(args.model, "cpu", precision=args.precision)
     tagger.tag(sentences[:64])  # warm-up: TorchScript profiling runs, jieba dictionary
     for tasks, label in ((("seg", "pos", "ner"), "seg+pos+ner"), (("seg",), "seg")):
         for batch_size in BATCH_SIZES:

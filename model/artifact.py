@@ -92,6 +92,25 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> tuple[t
     return network, metadata
 
 
+PRECISIONS = ("fp32", "int8")
+
+
+def quantise(network: torch.jit.ScriptModule, metadata: dict[str, Any]) -> torch.jit.ScriptModule:
+    """An int8 copy for the CPU: dynamic quantisation of the RNN and linear layers
+    (weights int8, activations quantised on the fly), scripted again. Done at load time,
+    so a bundle ships one set of weights."""
+    import warnings
+
+    eager = build_network(metadata)
+    eager.load_state_dict(network.state_dict())
+    eager.eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao's deprecation notice for eager-mode quantisation
+        quantised = torch.ao.quantization.quantize_dynamic(eager, {torch.nn.LSTM, torch.nn.GRU, torch.nn.Linear}, dtype=torch.qint8)
+        scripted = torch.jit.script(quantised)
+    return scripted.eval()
+
+
 def reexport(path: str | Path) -> list[str]:
     """Re-script the bundle's weights with the current network code (e.g. after a faster
     decoder was written); returns the names of stored tensors the current code has no use for."""

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from model.artifact import load_bundle
+from model.artifact import PRECISIONS, load_bundle, quantise
 from model.features import Featuriser, Inputs, pad
 from model.lexicon import Lexicon
 from model.schemes import decode
@@ -97,6 +97,7 @@ class Tagger:
         self.network = network
         self.metadata = metadata
         self.device = torch.device(device)
+        self.precision = "fp32"
         self.max_len: int = metadata["max_len"]
         self.labels: dict[str, list[str]] = metadata["labels"]
         self.lexicon = lexicon or Lexicon()
@@ -107,12 +108,22 @@ class Tagger:
         )
 
     @classmethod
-    def load(cls, path: str | Path, device: str | torch.device | None = None, lexicon: Lexicon | None = None) -> Tagger:
-        """Load a bundle; `device` None means CUDA when available, else CPU."""
+    def load(cls, path: str | Path, device: str | torch.device | None = None, lexicon: Lexicon | None = None, precision: str = "fp32") -> Tagger:
+        """Load a bundle; `device` None means CUDA when available, else CPU.
+
+        `precision` "int8" quantises the RNN and linear layers for the CPU (faster; its
+        accuracy is in the model card); on CUDA the network always runs in fp32.
+        """
         if device is None or str(device) == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
         network, metadata = load_bundle(path, device)
-        return cls(network, metadata, device, lexicon)
+        if precision == "int8" and torch.device(device).type == "cpu":
+            network = quantise(network, metadata)
+        tagger = cls(network, metadata, device, lexicon)
+        tagger.precision = precision if torch.device(device).type == "cpu" else "fp32"
+        return tagger
 
     @property
     def name(self) -> str:

@@ -114,3 +114,12 @@ def test_wrong_format_version_names_the_file(tiny_bundle, tmp_path):
     (copy / "metadata.json").write_text(json.dumps(metadata))
     with pytest.raises(BundleError, match=r"metadata\.json: bundle format version 99"):
         Tagger.load(copy)
+
+
+def test_int8_precision_loads_and_tags(tiny_bundle, tagger):
+    quantised = Tagger.load(tiny_bundle, "cpu", precision="int8")
+    assert quantised.precision == "int8"
+    [result] = quantised.tag(["江泽民在北京大学发表讲话。"])
+    assert_offsets(result)
+    with pytest.raises(ValueError, match="precision"):
+        Tagger.load(tiny_bundle, "cpu", precision="fp8")

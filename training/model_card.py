@@ -27,11 +27,13 @@ SAMPLE_CORPORA = ("msra-test", "pd98-test")
 
 def run_evaluations(bundle: Path) -> dict:
     tagger = Tagger.load(bundle, "cpu")
+    quantised = Tagger.load(bundle, "cpu", precision="int8")
     train_words = training_words()
     figures: dict = {}
     for corpus in SAMPLE_CORPORA:
         examples = load_corpus(corpus)
         figures[corpus] = evaluate(tagger, examples, True, train_words)
+        figures[f"{corpus}-int8"] = evaluate(quantised, examples, False, train_words)
         figures[f"{corpus}-sample{SAMPLE_SIZE}"] = evaluate(tagger, sample(examples, SAMPLE_SIZE), False, train_words)
     return figures
 
@@ -92,6 +94,10 @@ def render_card(metadata: dict) -> str:
         f"| segmentation (pd98-test, {seg['model']['sentences']} lines) | word F1 | {f(seg['model']['seg']['f1'])} | {f(seg['jieba.cut']['seg']['f1'])} (cut) |",
         f"| segmentation | OOV recall | {f(seg['model']['seg']['oov_recall'])} | {f(seg['jieba.cut']['seg']['oov_recall'])} (cut) |",
         f"| POS (pd98-test) | joint span+tag F1 | {f(seg['model']['pos']['f1'])} | {f(seg['jieba.posseg']['pos']['f1'])} (posseg) |",
+        "",
+        f"int8 (`NER_PRECISION=int8`, dynamic quantisation of the LSTM and linear layers on the CPU), same test splits: "
+        f"NER F1 {f(evaluation['msra-test-int8']['model']['ner']['f1'])}, seg F1 {f(evaluation['pd98-test-int8']['model']['seg']['f1'])}, "
+        f"POS F1 {f(evaluation['pd98-test-int8']['model']['pos']['f1'])}.",
         "",
         "jieba's POS tags come from its own dictionary tag set (close to, not identical with, PKU), which lowers its POS figure;",
         "jieba's NER figure counts its nr/ns/nt words as PER/LOC/ORG.",
