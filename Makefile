@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 serve: venv
-	NER_MODEL_PATH=$(MODEL) $(BIN)/uvicorn app.main:create_app --factory --host $(HOST) --port $(PORT)
+	NER_MODEL_PATH=$(MODEL) NER_HOST=$(HOST) NER_PORT=$(PORT) $(BIN)/ner-serve
 
 test: venv
 	$(BIN)/pytest -q

@@ -7,16 +7,20 @@
 import asyncio
 import hmac
 import logging
+import re
 import time
+import uuid
+from collections.abc import Awaitable
 from contextlib import asynccontextmanager
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import orjson
 import torch
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import metrics
@@ -30,6 +34,10 @@ from model.tagger import Tagger, check_tasks
 log = logging.getLogger("app")
 
 RETRY_AFTER_SECONDS = "1"
+# Up to this many characters, features are computed on the event loop (about 1 ms);
+# a thread hop would cost more than it saves.
+INLINE_PREPARE_CHARS = 1000
+REQUEST_ID = re.compile(r"[\w.-]{1,64}")  # a client's X-Request-ID is logged only if it looks like an id
 WARMUP_TEXT = "江泽民在北京大学发表讲话。"
 
 
@@ -71,22 +79,63 @@ class BodySizeLimit:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.limit:
-                    raise _BodyTooLarge()
+                    metrics.REJECTED.labels("body_too_large").inc()
+                    raise _BodyTooLarge(413, self._message())
             return message
 
-        try:
-            await self.app(scope, limited_receive, send)
-        except _BodyTooLarge:
-            await self._refuse(scope, receive, send)
+        await self.app(scope, limited_receive, send)
+
+    def _message(self) -> str:
+        return f"request body is larger than the limit of {self.limit} bytes (NER_MAX_BODY_BYTES)"
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         metrics.REJECTED.labels("body_too_large").inc()
-        response = error(413, f"request body is larger than the limit of {self.limit} bytes (NER_MAX_BODY_BYTES)")
-        await response(scope, receive, send)
+        await error(413, self._message())(scope, receive, send)
 
 
-class _BodyTooLarge(Exception):
-    pass
+class _BodyTooLarge(StarletteHTTPException):
+    """A streamed body (no Content-Length) went over the limit.
+
+    An HTTPException because FastAPI re-raises those from its body reading unchanged
+    (any other exception there becomes a 400), so the handler answers 413.
+    """
+
+
+class RequestMetrics:
+    """Count requests by endpoint and status and time them (pure ASGI: no per-request task).
+
+    Outermost, so that 413s from BodySizeLimit are counted too; an exception that escapes
+    the app counts as a 500, as the client sees it."""
+
+    def __init__(self, app: ASGIApp, known_paths: set[str]):
+        self.app = app
+        self.known_paths = known_paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_and_record(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_record)
+        finally:
+            route = scope.get("route")
+            endpoint = getattr(route, "path", None) or (scope["path"] if scope["path"] in self.known_paths else "other")
+            metrics.REQUESTS.labels(endpoint, str(status)).inc()
+            metrics.REQUEST_DURATION.labels(endpoint).observe(time.perf_counter() - started)
+
+
+def describe_device(tagger: Tagger) -> str:
+    """"cpu", "cuda:0", or "cpu-int8" when quantised: the device label of ner_model_info."""
+    return f"{tagger.device}-int8" if tagger.precision == "int8" else str(tagger.device)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -104,11 +153,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.info("user dictionary %s: %d entries loaded, %d lines rejected", settings.user_dict, added, len(rejected))
             for line in rejected[:20]:
                 log.warning("user dictionary %s: rejected line %r (expected: word [freq] [pos])", settings.user_dict, line)
-        tagger = Tagger.load(settings.model_path, settings.device, lexicon)
+        tagger = Tagger.load(settings.model_path, settings.device, lexicon, settings.precision)
         state.tagger = tagger
         state.batcher = Batcher(tagger, settings)
         state.batcher.start()
-        metrics.MODEL_INFO.labels(tagger.name, tagger.version, str(tagger.device)).set(1)
+        metrics.MODEL_INFO.labels(tagger.name, tagger.version, describe_device(tagger)).set(1)
+        metrics.QUEUE_CAPACITY.set(settings.queue_capacity)
         log.info("model %s %s loaded from %s on %s", tagger.name, tagger.version, settings.model_path, tagger.device)
         warmup = asyncio.get_running_loop().create_task(_warm_up(state))
         yield
@@ -130,18 +180,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"], allow_headers=["*"])
     app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)
 
-    @app.middleware("http")
-    async def record_metrics(request: Request, call_next):
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        endpoint = getattr(route, "path", "other")
-        metrics.REQUESTS.labels(endpoint, str(response.status_code)).inc()
-        metrics.REQUEST_DURATION.labels(endpoint).observe(time.perf_counter() - started)
-        return response
+    app.add_middleware(RequestMetrics, known_paths={"/tag", "/healthz", "/readyz", "/model", "/metrics", "/docs", "/openapi.json"})
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        content_type = request.headers.get("content-type", "")
+        if request.method == "POST" and "json" not in content_type.lower():
+            # FastAPI does not parse other content types, so the field errors would only confuse.
+            return error(422, f"invalid request body: send JSON with Content-Type: application/json (got {content_type or 'no Content-Type'})")
         problems = []
         for item in exc.errors():
             where = ".".join(str(part) for part in item.get("loc", ()) if part != "body") or "body"
@@ -149,8 +195,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         detail = [{k: v for k, v in item.items() if k in ("loc", "msg", "type")} for item in exc.errors()]
         return error(422, "invalid request body: " + "; ".join(problems), detail=detail)
 
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    # Starlette's class: also covers FastAPI's, the router's 404/405 and body-reading errors.
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and exc.__cause__ is not None:
+            # FastAPI could not decode the body (not UTF-8, nested too deeply, ...): an invalid body like bad JSON.
+            cause = exc.__cause__
+            return error(422, f"invalid request body: not readable as UTF-8 JSON ({type(cause).__name__}: {cause})")
         return error(exc.status_code, str(exc.detail), headers=exc.headers)
 
     def require_key(request: Request) -> None:
@@ -174,7 +225,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     Authorised = Depends(require_key)
 
     @app.post("/tag", response_model=TagResponse, dependencies=[Authorised], summary="Segment, POS-tag and find entities")
-    async def tag(body: TagRequest, tagger: Annotated[Tagger, Depends(ready_tagger)]) -> Response:
+    async def tag(body: TagRequest, request: Request, tagger: Annotated[Tagger, Depends(ready_tagger)]) -> Response:
         texts = body.all_texts()
         if len(texts) > settings.max_texts:
             metrics.REJECTED.labels("too_many_texts").inc()
@@ -184,11 +235,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 metrics.REJECTED.labels("text_too_long").inc()
                 raise HTTPException(413, f"text {index} has {len(text)} characters, the limit is {settings.max_text_chars} (NER_MAX_TEXT_CHARS)")
         tasks = check_tasks(body.tasks)
-        prepared = await asyncio.to_thread(lambda: [tagger.prepare(text) for text in texts])
+        if sum(len(text) for text in texts) <= INLINE_PREPARE_CHARS:
+            prepared = [tagger.prepare(text) for text in texts]
+        else:  # long input: keep the event loop free while its features are computed
+            prepared = await asyncio.to_thread(lambda: [tagger.prepare(text) for text in texts])
         chunks = [chunk for p in prepared for chunk in p.chunks]
         assert state.batcher is not None
         try:
-            labels = await state.batcher.submit(chunks, tasks, wants_fault(texts, settings))
+            labels = await unless_client_leaves(request, state.batcher.submit(chunks, tasks, wants_fault(texts, settings)))
         except QueueFull:
             metrics.REJECTED.labels("queue_full").inc()
             raise HTTPException(503, f"overloaded: the queue holds {settings.queue_capacity} sentences (NER_QUEUE_CAPACITY); retry later", headers={"Retry-After": RETRY_AFTER_SECONDS}) from None
@@ -197,20 +251,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise HTTPException(503, f"overloaded: the request waited more than {settings.request_timeout_s} s in the queue; retry later", headers={"Retry-After": RETRY_AFTER_SECONDS}) from None
         except NotAccepting:
             raise HTTPException(503, "shutting down: not accepting new requests", headers={"Retry-After": RETRY_AFTER_SECONDS}) from None
+        except ClientLeft:
+            return Response(status_code=CLIENT_CLOSED_REQUEST)  # nobody reads it; counted in ner_requests
         except BatchFailed as failure:
             return error(500, f"internal error while tagging; the error id {failure.error_id} is in the server log", error_id=failure.error_id)
         results, position = [], 0
         for p in prepared:
             result = tagger.assemble(p, labels[position : position + len(p.chunks)], tasks)
             position += len(p.chunks)
-            results.append(result.to_dict())
+            results.append(result)  # orjson serialises the dataclasses directly
             metrics.CHARACTERS.inc(len(p.text))
             for entity in result.entities:
                 metrics.ENTITIES.labels(entity.type).inc()
         if settings.log_texts:
             log.info("tagged %s", texts)
         payload = {"model": {"name": tagger.name, "version": tagger.version}, "results": results}
-        return Response(orjson.dumps(payload), media_type="application/json")
+        supplied_id = request.headers.get("x-request-id", "")
+        request_id = supplied_id if REQUEST_ID.fullmatch(supplied_id) else uuid.uuid4().hex[:16]
+        # Sizes and ids only: texts stay out of the log unless NER_LOG_TEXTS is on (privacy).
+        log.info("tag %s: %d texts, %d characters, %d sentences", request_id, len(texts), sum(len(t) for t in texts), len(chunks))
+        return Response(orjson.dumps(payload), media_type="application/json", headers={"X-Request-ID": request_id})
 
     @app.get("/healthz", summary="Liveness: the process answers")
     async def healthz() -> dict:
@@ -229,6 +289,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "name": metadata["name"],
             "version": metadata["version"],
             "device": str(state.tagger.device) if state.tagger else None,
+            "precision": state.tagger.precision if state.tagger else None,
             "labels": metadata["labels"],
             "max_len": metadata["max_len"],
             "config": metadata.get("config"),
@@ -238,7 +299,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "user_dictionary": state.user_dict,
         }
 
-    @app.get("/metrics", summary="Prometheus metrics")
+    @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics (text exposition format)")
     async def prometheus_metrics(request: Request) -> Response:
         if settings.protect_metrics:
             require_key(request)
@@ -246,6 +307,35 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return Response(body, media_type=content_type)
 
     return app
+
+
+T = TypeVar("T")
+CLIENT_CLOSED_REQUEST = 499  # nginx's code for a client that went away before the answer
+
+
+class ClientLeft(Exception):
+    """The client disconnected before its request was answered."""
+
+
+async def unless_client_leaves(request: Request, work: Awaitable[T]) -> T:
+    """The result of `work`; if the client disconnects first, `work` is cancelled (its
+    sentences leave the queue unprocessed) and ClientLeft is raised."""
+
+    async def client_gone() -> None:
+        # The body is read already, so the next message is the disconnect.
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    work_task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(client_gone())
+    try:
+        await asyncio.wait({work_task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if work_task.done():
+            return work_task.result()
+        raise ClientLeft()
+    finally:
+        watcher.cancel()
+        work_task.cancel()  # no-op when done; else submit() marks its queued sentences cancelled
 
 
 async def _warm_up(state: ServiceState) -> None:
@@ -260,15 +350,21 @@ async def _warm_up(state: ServiceState) -> None:
 def serve() -> None:
     """Console script `ner-serve`: uvicorn on NER_HOST:NER_PORT (default 127.0.0.1:8000)."""
     import os
+    import signal
+    import sys
 
     import uvicorn
 
-    metrics.prepare_multiprocess_dir()
+    # uvicorn drains on SIGTERM and then raises the signal again, so the process would die by it
+    # (status -15); after a graceful drain, exit 0 instead, as orchestrators expect.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
+    workers = int(os.environ.get("NER_WORKERS", "1"))
+    metrics.prepare_multiprocess_dir(workers)
     uvicorn.run(
         "app.main:create_app",
         factory=True,
         host=os.environ.get("NER_HOST", "127.0.0.1"),
         port=int(os.environ.get("NER_PORT", "8000")),
-        workers=int(os.environ.get("NER_WORKERS", "1")),
+        workers=workers,
         log_level=get_settings().log_level,
     )

@@ -21,7 +21,15 @@ def _check_text(value: str) -> str:
 class TagRequest(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={"examples": [{"text": EXAMPLE_TEXT}, {"texts": [EXAMPLE_TEXT, "张三去了上海。"], "tasks": ["seg", "ner"]}]},
+        json_schema_extra={
+            "examples": [{"text": EXAMPLE_TEXT}, {"texts": [EXAMPLE_TEXT, "张三去了上海。"], "tasks": ["seg", "ner"]}],
+            # Exactly one of a string `text` or a non-empty list `texts` (what `_one_of` checks), so
+            # that clients and fuzzers reading the schema know which bodies are valid.
+            "oneOf": [
+                {"required": ["text"], "properties": {"text": {"type": "string"}, "texts": {"type": "null"}}},
+                {"required": ["texts"], "properties": {"texts": {"type": "array", "minItems": 1}, "text": {"type": "null"}}},
+            ],
+        },
     )
 
     text: str | None = Field(None, description="One text. Give either `text` or `texts`.")

@@ -127,7 +127,7 @@ def atomise(text: str) -> Atoms:
             i += 1
             model_chars.append(char)
         if not char.isspace():
-            while i < n and (_is_attached(normal[i]) or normal[i - 1] == _ZWJ):
+            while i < n and not normal[i].isspace() and (_is_attached(normal[i]) or normal[i - 1] == _ZWJ):
                 i += 1
         spans.append((start, i))
     return Atoms("".join(model_chars), tuple(spans))

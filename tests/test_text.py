@@ -59,3 +59,8 @@ def test_long_sentence_is_split_after_a_comma():
 def test_atom_spans_move_boundaries_inside_an_atom_to_its_edge():
     atoms = atomise("MP3播放器")  # one LATIN atom for "MP3"
     assert atoms.atom_spans([(0, 2, "x"), (2, 3, "m"), (3, 6, "n")]) == [(0, 1, "x"), (1, 4, "n")]
+
+
+def test_whitespace_after_zwj_stays_a_space_atom():
+    atoms = atomise("中\u200d 文")
+    assert atoms.model_text == "中 文" and atoms.spans == ((0, 2), (2, 3), (3, 4))
