@@ -204,7 +204,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return error(422, f"invalid request body: not readable as UTF-8 JSON ({type(cause).__name__}: {cause})")
         return error(exc.status_code, str(exc.detail), headers=exc.headers)
 
-    def require_key(request: Request) -> None:
+    # Dependencies are async: FastAPI runs plain `def` ones in a thread pool, a thread hop
+    # per request for a check that takes microseconds.
+    async def require_key(request: Request) -> None:
         if not settings.api_keys:
             return
         supplied = request.headers.get("x-api-key") or ""
@@ -217,7 +219,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if not any(matches):
             raise HTTPException(401, "wrong API key", headers={"WWW-Authenticate": "Bearer"})
 
-    def ready_tagger() -> Tagger:
+    async def ready_tagger() -> Tagger:
         if not state.ready or state.tagger is None:
             raise HTTPException(503, "not ready: the model is still loading", headers={"Retry-After": RETRY_AFTER_SECONDS})
         return state.tagger
@@ -302,7 +304,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics (text exposition format)")
     async def prometheus_metrics(request: Request) -> Response:
         if settings.protect_metrics:
-            require_key(request)
+            await require_key(request)
         body, content_type = metrics.render()
         return Response(body, media_type=content_type)
 
