@@ -31,6 +31,9 @@ class NetworkConfig:
     bigram_dim: int = 64
     lexicon_dim: int = 32
     dropout: float = 0.3
+    # Standard deviation of the initial embeddings; nn.Embedding's default of 1.0 is large
+    # next to the steps an optimiser takes on rows that appear rarely (most bigrams).
+    embedding_init_std: float = 1.0
 
     def __post_init__(self) -> None:
         if self.cell not in CELLS:
@@ -63,6 +66,10 @@ class TaggerNetwork(nn.Module):
         assert BOS == "<bos>"
         self.char_embedding = nn.Embedding(num_chars, config.char_dim, padding_idx=0, sparse=True)
         self.bigram_embedding = nn.Embedding(num_bigrams, config.bigram_dim, padding_idx=0, sparse=True)
+        for table in (self.char_embedding, self.bigram_embedding):
+            nn.init.normal_(table.weight, std=config.embedding_init_std)
+            with torch.no_grad():
+                table.weight[0].zero_()
         self.lexicon_projection = nn.Linear(num_lexicon_features, config.lexicon_dim)
         input_dim = config.char_dim + 2 * config.bigram_dim + config.lexicon_dim
         rnn_class = nn.LSTM if config.cell == "lstm" else nn.GRU

@@ -57,6 +57,7 @@ class TrainConfig:
     patience: int = 3
     batch_size: int = 32
     learning_rate: float = 2e-3
+    embedding_learning_rate: float = 0.0  # 0 = learning_rate
     lr_decay: float = 0.9
     clip: float = 5.0
     balance_losses: bool = False
@@ -118,7 +119,15 @@ class Optimiser:
     the shared encoder then follows POS gradients almost only: NER stalled on dev.
     """
 
-    def __init__(self, network: TaggerNetwork, learning_rate: float, clip: float, task_weights: dict[str, float] | None = None, balance: bool = False):
+    def __init__(
+        self,
+        network: TaggerNetwork,
+        learning_rate: float,
+        clip: float,
+        task_weights: dict[str, float] | None = None,
+        balance: bool = False,
+        embedding_learning_rate: float = 0.0,
+    ):
         self.network = network
         self.clip = clip
         self.task_weights = task_weights or {}
@@ -126,7 +135,7 @@ class Optimiser:
         self.running: dict[str, float] = {}
         self.sparse = [p for n, p in network.named_parameters() if "embedding" in n]
         self.dense = [p for n, p in network.named_parameters() if "embedding" not in n]
-        self.optimisers = [torch.optim.Adam(self.dense, lr=learning_rate), torch.optim.SparseAdam(self.sparse, lr=learning_rate)]
+        self.optimisers = [torch.optim.Adam(self.dense, lr=learning_rate), torch.optim.SparseAdam(self.sparse, lr=embedding_learning_rate or learning_rate)]
 
     def step(self, batch: Batch, seg: torch.Tensor | None, pos: torch.Tensor | None, ner: torch.Tensor | None) -> float:
         """One update on `batch`; returns the summed (unweighted) loss."""
@@ -231,7 +240,7 @@ def train(config: TrainConfig, out: Path, progress: bool = True) -> dict:
     print(f"training sequences: pd98 {len(pd98_sequences)}, msra {len(msra_sequences)}, {train_chars} atoms", file=sys.stderr)
 
     network = TaggerNetwork(config.network, len(char_vocab), len(bigram_vocab), Lexicon.size, labels["seg"], labels["pos"], labels["ner"]).to(device)
-    optimiser = Optimiser(network, config.learning_rate, config.clip, config.task_weights, config.balance_losses)
+    optimiser = Optimiser(network, config.learning_rate, config.clip, config.task_weights, config.balance_losses, config.embedding_learning_rate)
 
     metadata = {
         "name": config.name,
