@@ -16,68 +16,29 @@ import argparse
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
-
+from bench.processes import free_port, rss_mb, running
 from training.corpora import load_corpus
 
 DEFAULT_OUT = Path("bench/results/http.json")
 WRK_SCRIPT = Path(__file__).with_name("wrk_tag.lua")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def start_server(model: str, env: dict[str, str]) -> tuple[subprocess.Popen, str]:
+@contextmanager
+def server(model: str, env: dict[str, str], log: Path) -> Iterator[tuple[subprocess.Popen, str]]:
+    """A uvicorn worker with `model` and NER_* settings `env`, on a free port."""
     port = free_port()
     environment = {**os.environ, "NER_MODEL_PATH": model, "NER_TORCH_THREADS": "1", "NER_LOG_LEVEL": "warning", **env}
     command = [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log"]
-    process = subprocess.Popen(command, env=environment)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return process, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    process.kill()
-    raise RuntimeError("server did not become ready")
-
-
-def stop_server(process: subprocess.Popen) -> None:
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-
-
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+    with running(command, f"{url}/readyz", log, environment) as process:
+        yield process, url
 
 
 def load(url: str, bodies_file: Path, concurrency: int, duration: float, sentences: int, characters: float) -> dict:
@@ -123,8 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     report: dict = {"duration_per_point_s": args.duration, "runs": []}
     configurations = [("batching on", {}, (1, 32)), ("batching off", {"NER_MAX_BATCH_SENTENCES": "1"}, (1,))]
     for name, env, request_shapes in configurations:
-        process, url = start_server(args.model, env)
-        try:
+        with server(args.model, env, workdir / "server.log") as (process, url):
             load(url, shapes[1][0], 4, 2.0, 1, shapes[1][1])  # warm-up
             for per_request in request_shapes:
                 for concurrency in levels:
@@ -137,11 +97,9 @@ def main(argv: list[str] | None = None) -> int:
                         file=sys.stderr,
                     )
             report.setdefault("server_rss_mb", {})[name] = rss_mb(process.pid)
-        finally:
-            stop_server(process)
 
-    def figure(server: str, per_request: int, concurrency: int) -> float:
-        return next(r["chars_per_second"] for r in report["runs"] if (r["server"], r["sentences_per_request"], r["concurrency"]) == (server, per_request, concurrency))
+    def figure(name: str, per_request: int, concurrency: int) -> float:
+        return next(r["chars_per_second"] for r in report["runs"] if (r["server"], r["sentences_per_request"], r["concurrency"]) == (name, per_request, concurrency))
 
     if 64 in levels:
         report["batching_ratio_c64"] = figure("batching on", 1, 64) / figure("batching off", 1, 64)

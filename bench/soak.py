@@ -21,11 +21,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+
+from bench.processes import free_port, running
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = ROOT / "model" / "artifacts" / "default"
@@ -83,32 +83,9 @@ def rss_mb(pid: int) -> float:
     return total
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(model: Path, log: Path, env: dict[str, str]) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    environment = {**os.environ, "NER_MODEL_PATH": str(model), "NER_TORCH_THREADS": "1", **env}
-    command = [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory", "--host", "127.0.0.1", "--port", str(port), "--no-access-log"]
-    with open(log, "wb") as handle:
-        process = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=handle, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        if process.poll() is not None:
-            raise SystemExit(f"the server exited with {process.returncode}; its log: {log}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return process, url
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            process.kill()
-            raise SystemExit(f"the server was not ready after 120 s; its log: {log}")
-        time.sleep(0.2)
+def server_command(model: Path, port: int) -> tuple[list[str], dict[str, str]]:
+    environment = {**os.environ, "NER_MODEL_PATH": str(model), "NER_TORCH_THREADS": "1"}
+    return [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory", "--host", "127.0.0.1", "--port", str(port), "--no-access-log"], environment
 
 
 async def sample_rss(pid: int | None, started: float, duration: float, into: list[tuple[float, float]]) -> None:
@@ -240,24 +217,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.warmup >= args.duration:
         parser.error("--warmup must be shorter than --duration")
 
-    process = None
-    if args.url:
-        url, pid = args.url.rstrip("/"), args.pid
-    else:
-        log = (args.json.parent if args.json else Path(tempfile.mkdtemp(prefix="soak-"))) / "soak-server.log"
-        log.parent.mkdir(parents=True, exist_ok=True)
-        print(f"starting a server with {args.model}; its log: {log}")
-        process, url = start_server(args.model, log, {})
-        pid = process.pid
-    try:
+    with contextlib.ExitStack() as stack:
+        if args.url:
+            url, pid = args.url.rstrip("/"), args.pid
+        else:
+            log = (args.json.parent if args.json else Path(tempfile.mkdtemp(prefix="soak-"))) / "soak-server.log"
+            log.parent.mkdir(parents=True, exist_ok=True)
+            print(f"starting a server with {args.model}; its log: {log}")
+            port = free_port()
+            url = f"http://127.0.0.1:{port}"
+            command, environment = server_command(args.model, port)
+            pid = stack.enter_context(running(command, f"{url}/readyz", log, environment, ROOT)).pid
         samples, rss, skipped = asyncio.run(run_load(url, pid, args.duration, args.rate, args.concurrency))
-    finally:
-        if process is not None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
     report = summarise(samples, rss, skipped, args)
     report["settings"]["model"] = str(args.model) if not args.url else None
     print_report(report)

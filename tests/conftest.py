@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
 import pytest
 import torch
+
+from bench.processes import free_port, running
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_BUNDLE = ROOT / "model" / "artifacts" / "default"
@@ -40,12 +38,6 @@ def shipped_bundle() -> Path:
     return SHIPPED_BUNDLE
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Server:
     def __init__(self, process: subprocess.Popen, port: int, log: Path):
         self.process = process
@@ -64,28 +56,5 @@ def run_server(bundle: Path, tmp_path: Path, env: dict[str, str] | None = None, 
     log = tmp_path / f"server-{port}.log"
     environment = {**os.environ, "NER_MODEL_PATH": str(bundle), "NER_TORCH_THREADS": "1", **(env or {})}
     command = [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
-    with open(log, "wb") as handle:
-        process = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=handle, stderr=subprocess.STDOUT)
-    server = Server(process, port, log)
-    try:
-        deadline = time.monotonic() + ready_timeout
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"server exited with {process.returncode}:\n{server.output()}")
-            try:
-                if httpx.get(f"{server.url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"server not ready after {ready_timeout} s:\n{server.output()}")
-            time.sleep(0.2)
-        yield server
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+    with running(command, f"http://127.0.0.1:{port}/readyz", log, environment, ROOT, ready_timeout) as process:
+        yield Server(process, port, log)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -19,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app import metrics
 from app.settings import FAULT_MARKER
+from bench.processes import running
 from tests.conftest import ROOT, Server, free_port, run_server
 
 TEXTS = ["江泽民在北京大学发表讲话。", "张三去了上海。", "中国人民银行和国务院在北京召开会议，李鹏总理出席。"]
@@ -132,28 +132,9 @@ def run_ner_serve(bundle: Path, tmp_path: Path, env: dict[str, str]) -> Iterator
     log = tmp_path / "ner-serve.log"
     environment = {**os.environ, "NER_MODEL_PATH": str(bundle), "NER_TORCH_THREADS": "1", "NER_HOST": "127.0.0.1", "NER_PORT": str(port), **env}
     environment.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    with open(log, "wb") as handle:
-        process = subprocess.Popen([sys.executable, "-c", "from app.main import serve; serve()"], cwd=ROOT, env=environment, stdout=handle, stderr=subprocess.STDOUT)
-    server = Server(process, port, log)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None, f"ner-serve exited with {process.returncode}:\n{server.output()}"
-            try:
-                if httpx.get(f"{server.url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, f"ner-serve not ready:\n{server.output()}"
-            time.sleep(0.2)
-        yield server
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    command = [sys.executable, "-c", "from app.main import serve; serve()"]
+    with running(command, f"http://127.0.0.1:{port}/readyz", log, environment, ROOT) as process:
+        yield Server(process, port, log)
 
 
 def requests_by_pid(directory: Path, endpoint: str) -> dict[int, float]:

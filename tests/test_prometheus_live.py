@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,6 +12,7 @@ import httpx
 import pytest
 import yaml
 
+from bench.processes import running
 from tests.conftest import free_port, run_server
 from tests.test_deploy_config import (
     ALERTS,
@@ -67,28 +66,8 @@ def run_prometheus(tmp_path: Path, target: str) -> Iterator[Prometheus]:
         f"--web.listen-address=127.0.0.1:{port}",
         "--log.level=warn",
     ]
-    with open(log, "wb") as handle:
-        process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT)
-    prometheus = Prometheus(f"http://127.0.0.1:{port}", log)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, f"prometheus exited with {process.returncode}:\n{log.read_text()}"
-            try:
-                if httpx.get(f"{prometheus.url}/-/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, f"prometheus not ready:\n{log.read_text()}"
-            time.sleep(0.2)
-        yield prometheus
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    with running(command, f"http://127.0.0.1:{port}/-/ready", log, timeout=60):
+        yield Prometheus(f"http://127.0.0.1:{port}", log)
 
 
 def as_instant_query(expr: str) -> str:

@@ -10,16 +10,15 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
-import time
 import zipfile
 from pathlib import Path
 
 import httpx
 import pytest
 
+from bench.processes import running
 from tests.conftest import ROOT, free_port
 from tests.test_metrics import parse, value
 
@@ -99,21 +98,8 @@ def test_installed_wheel_serves_the_packaged_default_model(tmp_path: Path) -> No
         NER_TORCH_THREADS="1",
     )
     log = tmp_path / "ner-serve.log"
-    with open(log, "wb") as handle:
-        process = subprocess.Popen([str(venv / "bin" / "ner-serve")], cwd=workdir, env=server_environment, stdout=handle, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert process.poll() is None, f"ner-serve exited with {process.returncode}:\n{log.read_text()}"
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, f"ner-serve not ready:\n{log.read_text()}"
-            time.sleep(0.5)
-
+    with running([str(venv / "bin" / "ner-serve")], f"{url}/readyz", log, server_environment, workdir, timeout=180):
         answer = httpx.post(f"{url}/tag", json={"text": TEXT}, timeout=30)
         assert answer.status_code == 200, answer.text
         body = answer.json()
@@ -130,10 +116,3 @@ def test_installed_wheel_serves_the_packaged_default_model(tmp_path: Path) -> No
         # A read-only root filesystem would do: nothing written outside the temp dir.
         assert list(workdir.iterdir()) == [], "the server wrote into its working directory"
         assert not home.exists(), "the server wrote into its home folder"
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
