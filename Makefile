@@ -34,6 +34,7 @@ evaluate: venv
 
 bench: venv
 	$(BIN)/python -m bench.throughput --model $(MODEL)
+	$(BIN)/python -m bench.throughput --model $(MODEL) --precision int8 --out bench/results/inprocess-int8.json
 	$(BIN)/python -m bench.http_load --model $(MODEL)
 	$(BIN)/python -m bench.report
 

@@ -11,6 +11,7 @@ order. A full queue refuses new work (QueueFull -> 503) rather than queueing for
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import time
 import uuid
@@ -26,6 +27,19 @@ from app.settings import FAULT_MARKER, Settings
 from model.tagger import TASKS, Chunk, ChunkLabels, Tagger
 
 log = logging.getLogger("app.batcher")
+
+TRIM_INTERVAL_S = 2.0
+
+
+def _find_malloc_trim():
+    """glibc's malloc_trim, or None on other C libraries."""
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+_malloc_trim = _find_malloc_trim()
 
 
 class QueueFull(Exception):
@@ -77,6 +91,7 @@ class Batcher:
         self._accepting = True
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference", initializer=torch.set_num_threads, initargs=(settings.torch_threads,))
         self._task: asyncio.Task | None = None
+        self._last_trim = time.monotonic()
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -202,7 +217,14 @@ class Batcher:
     def _infer(self, chunks: list[Chunk], tasks: tuple[str, ...], fault: bool) -> list[ChunkLabels]:
         if fault:
             raise RuntimeError("injected fault (NER_FAULT_INJECTION is on and a text carried the fault marker)")
-        return self.tagger.infer(chunks, tasks)
+        labels = self.tagger.infer(chunks, tasks)
+        now = time.monotonic()
+        if _malloc_trim is not None and now - self._last_trim > TRIM_INTERVAL_S:
+            # Batches of varying shapes leave freed blocks that glibc keeps mapped; the int8
+            # path's RSS plateaued 200 MB above fp32's without this.
+            self._last_trim = now
+            _malloc_trim(0)
+        return labels
 
 
 def wants_fault(texts: Sequence[str], settings: Settings) -> bool:

@@ -13,7 +13,7 @@ RESULTS = Path("bench/results")
 
 def inprocess_table(data: dict) -> list[str]:
     lines = [
-        f"In-process, {data['sentences']} msra-test sentences ({data['characters']} characters), {data['threads']} thread(s), {data['cpu']}:",
+        f"In-process, {data.get('precision', 'fp32')}, {data['sentences']} msra-test sentences ({data['characters']} characters), {data['threads']} thread(s), {data['cpu']}:",
         "",
         "| system | what it computes | batch | chars/s | ours ÷ it |",
         "| --- | --- | --- | --- | --- |",
@@ -49,7 +49,7 @@ def http_table(data: dict) -> list[str]:
     return lines
 
 
-def plots(inprocess: dict | None, http: dict | None) -> None:
+def plots(inprocess: dict | None, quantised: dict | None, http: dict | None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -57,9 +57,10 @@ def plots(inprocess: dict | None, http: dict | None) -> None:
 
     if inprocess:
         fig, ax = plt.subplots(figsize=(6, 4))
-        for tasks in ("seg+pos+ner", "seg"):
-            points = [(f["batch_size"], f["chars_per_second"]) for f in inprocess["ours"].values() if f["tasks"] == tasks]
-            ax.plot(*zip(*points), marker="o", label=f"ours, {tasks}")
+        for data in (inprocess, quantised):
+            for tasks in ("seg+pos+ner", "seg") if data else ():
+                points = [(f["batch_size"], f["chars_per_second"]) for f in data["ours"].values() if f["tasks"] == tasks]
+                ax.plot(*zip(*points), marker="o", label=f"ours {data.get('precision', 'fp32')}, {tasks}")
         for name, figure in inprocess["peers"].items():
             if "chars_per_second" in figure:
                 ax.axhline(figure["chars_per_second"], linestyle="--", color="grey")
@@ -87,15 +88,16 @@ def main() -> int:
         path = RESULTS / name
         return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
-    inprocess, http = read("inprocess.json"), read("http.json")
+    inprocess, quantised, http = read("inprocess.json"), read("inprocess-int8.json"), read("http.json")
     lines = ["# Benchmark results", "", "Reproduce: `make bench` (python -m bench.throughput; python -m bench.http_load; python -m bench.report).", ""]
-    if inprocess:
-        lines += inprocess_table(inprocess)
+    for data in (inprocess, quantised):
+        if data:
+            lines += inprocess_table(data)
     if http:
         lines += http_table(http)
     lines += ["![throughput](throughput_vs_batch.png) ![latency](latency_vs_concurrency.png)", ""]
     (RESULTS / "RESULTS.md").write_text("\n".join(lines), encoding="utf-8")
-    plots(inprocess, http)
+    plots(inprocess, quantised, http)
     print("\n".join(lines))
     return 0
 

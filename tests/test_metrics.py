@@ -107,7 +107,7 @@ def check_contract(samples: Samples, expected: dict, workers: int) -> None:
     assert value(samples, "ner_queue_depth") == 0
     assert value(samples, "ner_queue_capacity") == 4096 * workers
     [info] = series(samples, "ner_model_info")
-    assert info == {"name": "tiny", "version": "0.0.1", "device": "cpu"}
+    assert info == {"name": "tiny", "version": "0.0.1", "device": "cpu-int8"}
     assert value(samples, "ner_model_info") == 1
     assert value(samples, "process_resident_memory_bytes") > 50e6
     assert value(samples, "process_cpu_seconds_total") > 0
@@ -201,7 +201,7 @@ def test_two_workers_add_up_and_a_dead_worker_leaves_no_live_gauges(tiny_bundle:
         assert value(samples, "ner_queue_capacity") == 4096 * 2  # not 3 workers' worth
         assert not list(directory.glob(f"gauge_live*_{killed}.db"))
         assert (directory / f"counter_{killed}.db").exists()
-        assert series(samples, "ner_model_info") == [{"name": "tiny", "version": "0.0.1", "device": "cpu"}]
+        assert series(samples, "ner_model_info") == [{"name": "tiny", "version": "0.0.1", "device": "cpu-int8"}]
     assert not directory.exists()  # ner-serve removes the folder it made
 
 

@@ -112,7 +112,7 @@ def test_installed_wheel_serves_the_packaged_default_model(tmp_path: Path) -> No
         samples = parse(httpx.get(f"{url}/metrics", timeout=10).text)
         assert value(samples, "ner_requests_total", endpoint="/tag", code="200") == 1
         assert value(samples, "ner_characters_total") == len(TEXT)
-        assert value(samples, "ner_model_info", name=metadata["name"], version=metadata["version"], device="cpu") == 1
+        assert value(samples, "ner_model_info", name=metadata["name"], version=metadata["version"], device="cpu-int8") == 1
         # A read-only root filesystem would do: nothing written outside the temp dir.
         assert list(workdir.iterdir()) == [], "the server wrote into its working directory"
         assert not home.exists(), "the server wrote into its home folder"
