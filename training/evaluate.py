@@ -37,7 +37,7 @@ def score(examples: Sequence[Example], results: Sequence[TagResult], train_words
         if train_words is not None:
             seg["oov_recall"] = oov_recall([e.text for e, _ in with_words], [untyped(g) for g in gold], [untyped(p) for p in predicted], train_words)
         report["seg"] = seg
-        tags_predicted = any(t.pos is not None for _, r in with_words for t in r.tokens)
+        tags_predicted = any(t.pos is not None for _, r in with_words for t in r.tokens if not t.text.isspace())
         if tags_predicted and all(span[2] is not None for g in gold for span in g):
             report["pos"] = span_scores(gold, predicted)
     with_entities = [(e, r) for e, r in zip(examples, results) if e.entities is not None]
