@@ -59,14 +59,9 @@ class CRF(nn.Module):
         log_z = torch.logsumexp(alpha + end.unsqueeze(0), dim=1)
         return (log_z - gold).sum()
 
-    def viterbi(self, emissions: Tensor, lengths: Tensor, allowed: Tensor | None = None) -> Tensor:
-        """Best label ids (B, T); positions past a sequence's length are 0.
-
-        `allowed` (B, T, L), if given, restricts the labels at each position.
-        """
+    def viterbi(self, emissions: Tensor, lengths: Tensor) -> Tensor:
+        """Best label ids (B, T); positions past a sequence's length are 0."""
         start, transitions, end = self._scores()
-        if allowed is not None:
-            emissions = emissions.masked_fill(~allowed, -10000.0)  # FORBIDDEN
         batch, steps, n = emissions.shape
         if steps == 0:
             return torch.zeros(batch, 0, dtype=torch.long, device=emissions.device)
