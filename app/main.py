@@ -238,9 +238,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 raise HTTPException(413, f"text {index} has {len(text)} characters, the limit is {settings.max_text_chars} (NER_MAX_TEXT_CHARS)")
         tasks = check_tasks(body.tasks)
         if sum(len(text) for text in texts) <= INLINE_PREPARE_CHARS:
-            prepared = [tagger.prepare(text) for text in texts]
+            prepared = tagger.prepare_many(texts)
         else:  # long input: keep the event loop free while its features are computed
-            prepared = await asyncio.to_thread(lambda: [tagger.prepare(text) for text in texts])
+            prepared = await asyncio.to_thread(tagger.prepare_many, texts)
         chunks = [chunk for p in prepared for chunk in p.chunks]
         assert state.batcher is not None
         try:

@@ -44,7 +44,12 @@ class Featuriser:
         self.lexicon = lexicon
 
     def inputs(self, model_text: str) -> Inputs:
-        return Inputs(self.chars.ids(model_text), self.bigrams.ids(bigrams(model_text)), self.lexicon.features(model_text))
+        return self.inputs_many([model_text])[0]
+
+    def inputs_many(self, model_texts: list[str]) -> list[Inputs]:
+        """`inputs` of each text; the dictionary step runs once for all of them (faster)."""
+        features = self.lexicon.features_many(model_texts)
+        return [Inputs(self.chars.ids(text), self.bigrams.ids(bigrams(text)), lexicon) for text, lexicon in zip(model_texts, features)]
 
 
 def pad(items: list[Inputs]) -> Batch:

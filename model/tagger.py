@@ -136,12 +136,17 @@ class Tagger:
     # -- the three steps -------------------------------------------------------
 
     def prepare(self, text: str) -> PreparedText:
-        atoms = atomise(text)
-        chunks = [
-            Chunk(start, end, self.featuriser.inputs(atoms.model_text[start:end]))
-            for start, end in chunk_ranges(atoms, self.max_len)
+        return self.prepare_many([text])[0]
+
+    def prepare_many(self, texts: Sequence[str]) -> list[PreparedText]:
+        """`prepare` for each text, with the model inputs of all their chunks computed together."""
+        atoms = [atomise(text) for text in texts]
+        ranges = [chunk_ranges(a, self.max_len) for a in atoms]
+        inputs = iter(self.featuriser.inputs_many([a.model_text[start:end] for a, r in zip(atoms, ranges) for start, end in r]))
+        return [
+            PreparedText(text, a, [Chunk(start, end, next(inputs)) for start, end in r])
+            for text, a, r in zip(texts, atoms, ranges)
         ]
-        return PreparedText(text, atoms, chunks)
 
     @torch.inference_mode()
     def infer(self, chunks: Sequence[Chunk], tasks: Sequence[str] = TASKS) -> list[ChunkLabels]:
@@ -193,7 +198,7 @@ class Tagger:
         if isinstance(texts, str):
             texts = [texts]
         tasks = check_tasks(tasks)
-        prepared = [self.prepare(text) for text in texts]
+        prepared = self.prepare_many(texts)
         flat = [(i, k) for i, p in enumerate(prepared) for k in range(len(p.chunks))]
         flat.sort(key=lambda ik: len(prepared[ik[0]].chunks[ik[1]]))
         labels: dict[tuple[int, int], ChunkLabels] = {}

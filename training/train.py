@@ -87,7 +87,7 @@ class Sequence_:
 def to_sequences(examples: list[Example], featuriser: Featuriser | None, labels: dict[str, list[str]], max_len: int) -> list[Sequence_]:
     """Chunk each example as the tagger does and encode its gold spans as label ids."""
     index = {task: {label: i for i, label in enumerate(names)} for task, names in labels.items()}
-    out = []
+    texts, gold = [], []
     for example in examples:
         atoms = atomise(example.text)
         seg_tags = pos_tags = ner_tags = None
@@ -98,16 +98,16 @@ def to_sequences(examples: list[Example], featuriser: Featuriser | None, labels:
         if example.entities is not None:
             ner_tags = encode(atoms.atom_spans(example.entities), len(atoms))
         for start, end in chunk_ranges(atoms, max_len):
-            inputs = featuriser.inputs(atoms.model_text[start:end]) if featuriser else None
-            out.append(
-                Sequence_(
-                    inputs,
+            texts.append(atoms.model_text[start:end])
+            gold.append(
+                (
                     [index["seg"].get(t, 3) for t in seg_tags[start:end]] if seg_tags else None,
                     [index["pos"].get(t, 0) for t in pos_tags[start:end]] if pos_tags else None,
                     [index["ner"].get(t, 0) for t in ner_tags[start:end]] if ner_tags else None,
                 )
             )
-    return out
+    inputs = featuriser.inputs_many(texts) if featuriser else [None] * len(texts)
+    return [Sequence_(item, *labels_) for item, labels_ in zip(inputs, gold)]
 
 
 class Optimiser:

@@ -1,0 +1,79 @@
+"""Dictionary features: the vectorised matcher against a direct reading of the definition."""
+
+from __future__ import annotations
+
+import math
+
+import jieba
+import jieba.posseg
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from model.lexicon import ENTITY_TAGS, LENGTH_BUCKETS, N_FEATURES, N_PLAIN, Lexicon
+
+# Dictionary words of every length bucket and entity kind, pieces that form other words
+# when joined (北京 + 大学生), Latin/number placeholders, and strings jieba never holds.
+PIECES = [
+    "北京", "北京大学", "大学生", "中华人民共和国", "上海市", "国务院", "总理", "李鹏", "新华社",
+    "长江", "人民", "的", "在", "了", "中", "国", "氪", "\ue000", "\ue001", " ", "\0", "\ud800", "😀",
+]
+texts_of_pieces = st.lists(st.sampled_from(PIECES), max_size=12).map("".join)
+
+
+@pytest.fixture(scope="module")
+def lexicon() -> Lexicon:
+    return Lexicon(jieba.posseg.POSTokenizer(jieba.Tokenizer()))
+
+
+def reference_features(lexicon: Lexicon, text: str) -> np.ndarray:
+    """Every substring that is a dictionary word, with its role at each character it covers."""
+    freq, tags = lexicon.tokenizer.FREQ, lexicon.pos_tokenizer.word_tag_tab
+    log_max = math.log1p(max(freq.values()))
+    out = np.zeros((len(text), N_FEATURES), dtype=np.float32)
+    for start in range(len(text)):
+        for end in range(start + 1, len(text) + 1):
+            word = text[start:end]
+            if not freq.get(word):
+                continue
+            weight = np.float32(min(1.0, math.log1p(freq[word]) / log_max))
+            kind = ENTITY_TAGS.get(tags.get(word, ""))
+            if end - start == 1:
+                cells = [(start, N_PLAIN - 1, 3)]
+            else:
+                bucket = min(end - start, 5) - 2
+                roles = [0] + [1] * (end - start - 2) + [2]
+                cells = [(start + k, role * LENGTH_BUCKETS + bucket, role) for k, role in enumerate(roles)]
+            for position, column, role in cells:
+                out[position, column] = max(out[position, column], weight)
+                if kind is not None:
+                    typed = N_PLAIN + kind * 4 + role
+                    out[position, typed] = max(out[position, typed], weight)
+    return out
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(texts_of_pieces, min_size=1, max_size=5))
+def test_features_match_the_definition(lexicon: Lexicon, texts: list[str]) -> None:
+    together = lexicon.features_many(texts)
+    for text, features in zip(texts, together):
+        np.testing.assert_allclose(features, reference_features(lexicon, text), atol=1e-6)
+        np.testing.assert_array_equal(features, lexicon.features(text))
+
+
+def test_known_words_have_their_roles(lexicon: Lexicon) -> None:
+    features = lexicon.features("中华人民共和国")
+    assert features[0, 0 * LENGTH_BUCKETS + 3] > 0  # 中华人民共和国 begins here (length 5+)
+    assert features[3, 1 * LENGTH_BUCKETS + 3] > 0  # ... and covers 民 in its middle
+    assert features[6, 2 * LENGTH_BUCKETS + 3] > 0  # ... and ends at 国
+    assert features[0, N_PLAIN + ENTITY_TAGS["ns"] * 4 + 0] > 0  # 中华人民共和国 is ns: a place
+
+
+def test_words_added_with_jieba_after_the_first_call_are_seen(lexicon: Lexicon) -> None:
+    word = "氪晶猫爪藤"
+    assert lexicon.features(word)[0, 0 * LENGTH_BUCKETS + 3] == 0
+    lexicon.tokenizer.add_word(word, 500, "nt")
+    after = lexicon.features(word)
+    assert after[0, 0 * LENGTH_BUCKETS + 3] > 0
+    assert after[0, N_PLAIN + ENTITY_TAGS["nt"] * 4 + 0] > 0
