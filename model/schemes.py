@@ -6,6 +6,8 @@ typed tasks, plus "O" (outside any span) for NER.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 PREFIXES = ("B", "M", "E", "S")
 OUTSIDE = "O"
 
@@ -20,6 +22,7 @@ def make_labels(types: list[str] | None, outside: bool) -> list[str]:
     return labels + [f"{p}-{t}" for t in types for p in PREFIXES]
 
 
+@lru_cache(maxsize=1024)  # a few hundred labels, split once per character decoded
 def split_label(label: str) -> tuple[str, str | None]:
     """"B-PER" -> ("B", "PER"); "B" -> ("B", None); "O" -> ("O", None)."""
     prefix, _, kind = label.partition("-")

@@ -142,3 +142,18 @@ def test_tag_words_equals_constrained_viterbi():
         allowed = torch.tensor([[split_label(p)[0] == s for p in POS] for s in SEG])[seg]
         expected = crf.viterbi(scores.masked_fill(~allowed, -10000.0), lengths)
         assert torch.equal(network.tag_words(scores, seg, lengths), expected)
+
+
+def test_unk_dropout_hides_a_share_of_ids_in_training_only():
+    network = small_network(unk_dropout=0.25)
+    torch.manual_seed(1)
+    ids = torch.randint(2, 50, (64, 40))
+    ids[:, 30:] = 0  # padding
+    hidden = network.hide_ids(ids)
+    changed = hidden != ids
+    assert torch.all(hidden[changed] == 1)  # replaced by <unk>
+    assert not changed[:, 30:].any()  # padding stays padding
+    assert 0.2 < changed[:, :30].float().mean().item() < 0.3
+    # Decoding (eval and the exported module) never hides anything: same input, same output.
+    inputs = random_batch(3)
+    assert all(torch.equal(a, b) for a, b in zip(network(*inputs), network(*inputs)))
