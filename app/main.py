@@ -34,8 +34,9 @@ from model.tagger import Tagger, check_tasks
 log = logging.getLogger("app")
 
 RETRY_AFTER_SECONDS = "1"
-# Up to this many characters, features are computed on the event loop (about 1 ms);
-# a thread hop would cost more than it saves.
+# Up to this many characters, texts are split into chunks on the event loop (about 1 ms);
+# a thread hop would cost more than it saves. Model inputs are computed per batch, on the
+# inference thread.
 INLINE_PREPARE_CHARS = 1000
 REQUEST_ID = re.compile(r"[\w.-]{1,64}")  # a client's X-Request-ID is logged only if it looks like an id
 WARMUP_TEXT = "江泽民在北京大学发表讲话。"
@@ -238,9 +239,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 raise HTTPException(413, f"text {index} has {len(text)} characters, the limit is {settings.max_text_chars} (NER_MAX_TEXT_CHARS)")
         tasks = check_tasks(body.tasks)
         if sum(len(text) for text in texts) <= INLINE_PREPARE_CHARS:
-            prepared = tagger.prepare_many(texts)
-        else:  # long input: keep the event loop free while its features are computed
-            prepared = await asyncio.to_thread(tagger.prepare_many, texts)
+            prepared = [tagger.prepare(text) for text in texts]
+        else:  # long input: keep the event loop free while it is split
+            prepared = await asyncio.to_thread(lambda: [tagger.prepare(text) for text in texts])
         chunks = [chunk for p in prepared for chunk in p.chunks]
         assert state.batcher is not None
         try:

@@ -4,9 +4,11 @@
     [result] = tagger.tag(["江泽民在北京大学发表讲话。"])
 
 The work is split in three steps so that a server can pool chunks of many requests
-into one batch: `prepare` (text -> chunks with model inputs), `infer` (a batch of
-chunks -> labels, one forward pass), `assemble` (labels -> result with offsets into
-the original text). `tag` runs all three for a list of texts.
+into one batch: `prepare` (text -> chunks of model string), `infer` (a batch of chunks
+-> model inputs -> labels, one forward pass), `assemble` (labels -> result with offsets
+into the original text). `tag` runs all three for a list of texts. The model inputs
+are computed in `infer`, for the whole batch at once: the dictionary step is
+vectorised across texts, and a server's queue holds only strings.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 import torch
 
 from model.artifact import PRECISIONS, load_bundle, quantise
-from model.features import Featuriser, Inputs, pad
+from model.features import Featuriser, pad
 from model.lexicon import Lexicon
 from model.schemes import decode
 from model.text import SPACE, Atoms, atomise, chunk_ranges
@@ -61,7 +63,7 @@ class Chunk:
 
     atom_start: int
     atom_end: int
-    inputs: Inputs
+    model_text: str
 
     def __len__(self) -> int:
         return self.atom_end - self.atom_start
@@ -136,17 +138,9 @@ class Tagger:
     # -- the three steps -------------------------------------------------------
 
     def prepare(self, text: str) -> PreparedText:
-        return self.prepare_many([text])[0]
-
-    def prepare_many(self, texts: Sequence[str]) -> list[PreparedText]:
-        """`prepare` for each text, with the model inputs of all their chunks computed together."""
-        atoms = [atomise(text) for text in texts]
-        ranges = [chunk_ranges(a, self.max_len) for a in atoms]
-        inputs = iter(self.featuriser.inputs_many([a.model_text[start:end] for a, r in zip(atoms, ranges) for start, end in r]))
-        return [
-            PreparedText(text, a, [Chunk(start, end, next(inputs)) for start, end in r])
-            for text, a, r in zip(texts, atoms, ranges)
-        ]
+        atoms = atomise(text)
+        chunks = [Chunk(start, end, atoms.model_text[start:end]) for start, end in chunk_ranges(atoms, self.max_len)]
+        return PreparedText(text, atoms, chunks)
 
     @torch.inference_mode()
     def infer(self, chunks: Sequence[Chunk], tasks: Sequence[str] = TASKS) -> list[ChunkLabels]:
@@ -154,7 +148,7 @@ class Tagger:
         if not chunks:
             return []
         want_seg, want_pos, want_ner = (task in tasks for task in TASKS)
-        batch = pad([chunk.inputs for chunk in chunks]).to(self.device)
+        batch = pad(self.featuriser.inputs_many([chunk.model_text for chunk in chunks])).to(self.device)
         seg, pos, ner = self.network(batch.chars, batch.bigrams, batch.lexicon, batch.lengths, want_seg, want_pos, want_ner)
         heads = {}
         for name, ids in (("seg", seg), ("pos", pos), ("ner", ner)):
@@ -198,7 +192,7 @@ class Tagger:
         if isinstance(texts, str):
             texts = [texts]
         tasks = check_tasks(tasks)
-        prepared = self.prepare_many(texts)
+        prepared = [self.prepare(text) for text in texts]
         flat = [(i, k) for i, p in enumerate(prepared) for k in range(len(p.chunks))]
         flat.sort(key=lambda ik: len(prepared[ik[0]].chunks[ik[1]]))
         labels: dict[tuple[int, int], ChunkLabels] = {}
