@@ -19,6 +19,7 @@ class CRF(nn.Module):
         super().__init__()
         n = len(labels)
         self.num_labels = n
+        self.forbidden = FORBIDDEN  # an attribute: TorchScript cannot read module globals
         self.transitions = nn.Parameter(torch.zeros(n, n))
         self.start = nn.Parameter(torch.zeros(n))
         self.end = nn.Parameter(torch.zeros(n))
@@ -62,28 +63,49 @@ class CRF(nn.Module):
     def viterbi(self, emissions: Tensor, lengths: Tensor) -> Tensor:
         """Best label ids (B, T); positions past a sequence's length are 0."""
         start, transitions, end = self._scores()
-        batch, steps, n = emissions.shape
-        if steps == 0:
-            return torch.zeros(batch, 0, dtype=torch.long, device=emissions.device)
-        positions = torch.arange(steps, device=emissions.device)
-        mask = positions.unsqueeze(0) < lengths.unsqueeze(1)
-        identity = torch.arange(n, device=emissions.device).unsqueeze(0).expand(batch, n)
-        score = start.unsqueeze(0) + emissions[:, 0]
-        backpointers: list[Tensor] = []
-        for t in range(1, steps):
-            best, index = (score.unsqueeze(2) + transitions.unsqueeze(0)).max(dim=1)
-            keep = mask[:, t : t + 1]
-            score = torch.where(keep, best + emissions[:, t], score)
-            backpointers.append(torch.where(keep, index, identity))
-        score = score + end.unsqueeze(0)
-        current = score.argmax(dim=1)
-        path = [current]
-        for k in range(len(backpointers) - 1, -1, -1):
-            current = backpointers[k].gather(1, current.unsqueeze(1)).squeeze(1)
-            path.append(current)
-        path.reverse()
-        tags = torch.stack(path, dim=1)
-        return tags.masked_fill(~mask, 0)
+        batch, _, n = emissions.shape
+        return viterbi(emissions, lengths, start.expand(batch, n), transitions.expand(batch, n, n), end.expand(batch, n))
+
+    def padded_scores(self, size: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Start, transition and end scores over `size` >= num_labels labels, the extra ones
+        forbidden, so that this CRF can be decoded in one batch with a larger one."""
+        start, transitions, end = self._scores()
+        n = self.num_labels
+        start_out = torch.full([size], self.forbidden, device=start.device)
+        end_out = torch.full([size], self.forbidden, device=start.device)
+        transitions_out = torch.full([size, size], self.forbidden, device=start.device)
+        start_out[:n] = start
+        end_out[:n] = end
+        transitions_out[:n, :n] = transitions
+        return start_out, transitions_out, end_out
+
+
+def viterbi(emissions: Tensor, lengths: Tensor, start: Tensor, transitions: Tensor, end: Tensor) -> Tensor:
+    """Best label ids (B, T) with scores per sequence: start and end (B, L), transitions
+    (B, L, L). Positions past a sequence's length are 0. Per-sequence scores let several
+    CRFs decode in one loop over time (the loop's per-step overhead dominates on a CPU)."""
+    batch, steps, n = emissions.shape
+    if steps == 0:
+        return torch.zeros(batch, 0, dtype=torch.long, device=emissions.device)
+    positions = torch.arange(steps, device=emissions.device)
+    mask = positions.unsqueeze(0) < lengths.to(emissions.device).unsqueeze(1)
+    identity = torch.arange(n, device=emissions.device).unsqueeze(0).expand(batch, n)
+    score = start + emissions[:, 0]
+    backpointers: list[Tensor] = []
+    for t in range(1, steps):
+        best, index = (score.unsqueeze(2) + transitions).max(dim=1)
+        keep = mask[:, t : t + 1]
+        score = torch.where(keep, best + emissions[:, t], score)
+        backpointers.append(torch.where(keep, index, identity))
+    score = score + end
+    current = score.argmax(dim=1)
+    path = [current]
+    for k in range(len(backpointers) - 1, -1, -1):
+        current = backpointers[k].gather(1, current.unsqueeze(1)).squeeze(1)
+        path.append(current)
+    path.reverse()
+    tags = torch.stack(path, dim=1)
+    return tags.masked_fill(~mask, 0)
 
 
 def _penalty(allowed: Tensor) -> Tensor:

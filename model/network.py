@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from model.crf import CRF
+from model.crf import CRF, viterbi
 from model.schemes import PREFIXES, make_labels, split_label
 from model.vocab import BOS, UNK
 
@@ -144,15 +144,33 @@ class TaggerNetwork(nn.Module):
         hidden = self.encode(chars, bigrams, lexicon, lengths)
         empty = torch.zeros(0, dtype=torch.long, device=chars.device)
         seg, pos, ner = empty, empty, empty
-        if want_seg or want_pos:
+        if (want_seg or want_pos) and want_ner:
+            seg, ner = self.decode_seg_and_ner(self.seg_head(hidden), self.ner_head(hidden), lengths)
+        elif want_seg or want_pos:
             seg = self.seg_crf.viterbi(self.seg_head(hidden), lengths)
+        elif want_ner:
+            ner = self.ner_crf.viterbi(self.ner_head(hidden), lengths)
         if want_pos:
             # Raw scores, not log-probabilities: a character's log-softmax normaliser is the same
             # for every tag, so it cannot change which tag a word's summed scores prefer.
             pos = self.tag_words(self.pos_head(hidden), seg, lengths)
-        if want_ner:
-            ner = self.ner_crf.viterbi(self.ner_head(hidden), lengths)
         return seg, pos, ner
+
+    def decode_seg_and_ner(self, seg_scores: Tensor, ner_scores: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """Both CRFs' Viterbi paths from one loop over time: the seg sequences are stacked
+        under the NER ones, their 4 labels padded with forbidden ones to NER's 13."""
+        batch, steps, size = ner_scores.shape
+        seg_padding = torch.full([batch, steps, size - seg_scores.shape[2]], self.seg_crf.forbidden, device=seg_scores.device)
+        seg_start, seg_transitions, seg_end = self.seg_crf.padded_scores(size)
+        ner_start, ner_transitions, ner_end = self.ner_crf.padded_scores(size)
+        paths = viterbi(
+            torch.cat([torch.cat([seg_scores, seg_padding], dim=2), ner_scores], dim=0),
+            torch.cat([lengths, lengths]),
+            torch.cat([seg_start.expand(batch, size), ner_start.expand(batch, size)]),
+            torch.cat([seg_transitions.expand(batch, size, size), ner_transitions.expand(batch, size, size)]),
+            torch.cat([seg_end.expand(batch, size), ner_end.expand(batch, size)]),
+        )
+        return paths[:batch], paths[batch:]
 
     def tag_words(self, pos_scores: Tensor, seg: Tensor, lengths: Tensor) -> Tensor:
         """POS label ids (B, T): for each word of `seg`, the tag whose B/M/E/S labels have the

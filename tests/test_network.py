@@ -157,3 +157,15 @@ def test_unk_dropout_hides_a_share_of_ids_in_training_only():
     # Decoding (eval and the exported module) never hides anything: same input, same output.
     inputs = random_batch(3)
     assert all(torch.equal(a, b) for a, b in zip(network(*inputs), network(*inputs)))
+
+
+def test_joint_decoding_equals_each_crf_alone():
+    network = small_network()
+    for seed in range(10):
+        generator = torch.Generator().manual_seed(seed)
+        lengths = torch.randint(1, 12, (6,), generator=generator)
+        seg_scores = torch.randn(6, int(lengths.max()), len(SEG), generator=generator) * 5
+        ner_scores = torch.randn(6, int(lengths.max()), len(NER), generator=generator) * 5
+        seg, ner = network.decode_seg_and_ner(seg_scores, ner_scores, lengths)
+        assert torch.equal(seg, network.seg_crf.viterbi(seg_scores, lengths))
+        assert torch.equal(ner, network.ner_crf.viterbi(ner_scores, lengths))

@@ -68,7 +68,8 @@ def render_card(metadata: dict) -> str:
         "",
         f"- inputs: character embedding ({network['char_dim']}), left and right character-bigram embeddings ({network['bigram_dim']} each, "
         f"{len(metadata['vocab']['bigrams'])} bigrams), {metadata['lexicon_features']} jieba dictionary-match features projected to {network['lexicon_dim']}",
-        f"- encoder: {network['num_layers']} layer(s) bidirectional {network['cell'].upper()}, hidden {network['hidden_size']} per direction, merge `{network['merge']}`, dropout {network['dropout']}",
+        f"- encoder: {network['num_layers']} layer(s) bidirectional {network['cell'].upper()}, hidden {network['hidden_size']} per direction, merge `{network['merge']}`, dropout {network['dropout']}, "
+        f"<unk> dropout {network.get('unk_dropout', 0.0)} (training only)",
         "- heads: seg (BMES) and NER (O + BMES x PER/LOC/ORG) with CRFs constrained to valid BMES transitions;"
         f" POS ({len(metadata['labels']['pos'])} labels, BMES x tag) trained per character and decoded by constrained Viterbi inside the segmentation's word boundaries",
         f"- sequences are chunked at sentence punctuation to at most {metadata['max_len']} atoms (a run of Latin letters or digits is one atom)",
