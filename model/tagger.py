@@ -31,7 +31,7 @@ TASKS = ("seg", "pos", "ner")
 WHITESPACE_POS = "w"  # PKU tag for punctuation; whitespace runs are tokens too
 
 
-@dataclass
+@dataclass(slots=True)
 class Token:
     text: str
     start: int
@@ -39,7 +39,7 @@ class Token:
     pos: str | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class Entity:
     text: str
     type: str
@@ -178,11 +178,13 @@ class Tagger:
                     char_start, char_end = spans[chunk.atom_start + start][0], spans[chunk.atom_start + end - 1][1]
                     result.entities.append(Entity(text[char_start:char_end], kind or "", char_start, char_end))
         if with_tokens:
-            words += [(k, k + 1, WHITESPACE_POS) for k, c in enumerate(prepared.atoms.model_text) if c == SPACE]
-            words.sort()
+            if SPACE in prepared.atoms.model_text:  # chunks are in order; only spaces need merging in
+                words += [(k, k + 1, WHITESPACE_POS) for k, c in enumerate(prepared.atoms.model_text) if c == SPACE]
+                words.sort()
+            tokens = result.tokens
             for start, end, pos in words:
                 char_start, char_end = spans[start][0], spans[end - 1][1]
-                result.tokens.append(Token(text[char_start:char_end], char_start, char_end, pos if with_pos else None))
+                tokens.append(Token(text[char_start:char_end], char_start, char_end, pos if with_pos else None))
         return result
 
     # -- convenience -----------------------------------------------------------
