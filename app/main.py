@@ -8,6 +8,7 @@ import asyncio
 import hmac
 import logging
 import re
+import sys
 import time
 import uuid
 from collections.abc import Awaitable
@@ -147,6 +148,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         torch.set_num_threads(settings.torch_threads)
+        sys.setswitchinterval(settings.switch_interval_ms / 1000)
         lexicon = Lexicon()
         if settings.user_dict:
             added, rejected = lexicon.add_words(settings.user_dict)
@@ -354,7 +356,6 @@ def serve() -> None:
     """Console script `ner-serve`: uvicorn on NER_HOST:NER_PORT (default 127.0.0.1:8000)."""
     import os
     import signal
-    import sys
 
     import uvicorn
 
