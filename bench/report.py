@@ -30,22 +30,30 @@ def inprocess_table(data: dict) -> list[str]:
     return lines
 
 
-def http_table(data: dict) -> list[str]:
+def http_table(data: dict, inprocess: dict | None) -> list[str]:
     lines = [
-        f"HTTP, one uvicorn worker on localhost, load generator on the same machine, {data['duration_per_point_s']:.0f} s per point:",
+        f"HTTP, `ner-serve` on localhost (int8, 1 torch thread per worker), load generator (wrk) on the same machine, {data['duration_per_point_s']:.0f} s per point:",
         "",
         "| server | sentences/request | concurrency | chars/s | sentences/s | p50 ms | p95 ms | p99 ms | errors |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for run in data["runs"]:
-        errors = sum(run["errors"].values())
+        errors = ", ".join(f"{count} {kind.replace('_', ' ')}" for kind, count in run["errors"].items()) or "0"
         lines.append(
             f"| {run['server']} | {run['sentences_per_request']} | {run['concurrency']} | {run['chars_per_second']:,.0f} | {run['sentences_per_second']:,.0f} "
             f"| {run['p50_ms']:.1f} | {run['p95_ms']:.1f} | {run['p99_ms']:.1f} | {errors} |"
         )
+    lines.append("")
     if "batching_ratio_c64" in data:
-        lines += ["", f"Batching on ÷ off at concurrency 64, one sentence per request: {data['batching_ratio_c64']:.2f}x."]
-    lines += ["Server RSS after the benchmark: " + ", ".join(f"{k} {v:.0f} MB" for k, v in data["server_rss_mb"].items()) + ".", ""]
+        lines.append(f"Batching on ÷ off at concurrency 64, one sentence per request: {data['batching_ratio_c64']:.2f}x.")
+    if inprocess:
+        best = inprocess["ours_best_full"]
+        for run in data["runs"]:
+            if run["concurrency"] == 64 and run["sentences_per_request"] == 1 and run["server"] != "batching off":
+                ratio = run["chars_per_second"] / best
+                lines.append(f"HTTP ({run['server']}) ÷ in-process int8 best ({best:,.0f} chars/s) at concurrency 64, one sentence per request: {ratio:.2f}x.")
+    rss = "; ".join(f"{name}: " + ", ".join(f"{mb:.0f} MB" for mb in workers) for name, workers in data["server_rss_mb"].items())
+    lines += [f"RSS of each server worker after the benchmark: {rss}.", ""]
     return lines
 
 
@@ -94,7 +102,7 @@ def main() -> int:
         if data:
             lines += inprocess_table(data)
     if http:
-        lines += http_table(http)
+        lines += http_table(http, quantised)
     lines += ["![throughput](throughput_vs_batch.png) ![latency](latency_vs_concurrency.png)", ""]
     (RESULTS / "RESULTS.md").write_text("\n".join(lines), encoding="utf-8")
     plots(inprocess, quantised, http)

@@ -26,6 +26,7 @@ def test_http_load(tiny_bundle, tmp_path):
     command = [sys.executable, "-m", "bench.http_load", "--model", str(tiny_bundle), "--duration", "1", "--concurrency", "2,64", "--out", str(out)]
     subprocess.run(command, cwd=ROOT, check=True, capture_output=True)
     report = json.loads(out.read_text())
-    assert len(report["runs"]) == 6  # on: 2 shapes x 2 levels; off: 1 shape x 2 levels
+    assert len(report["runs"]) == 8  # on: 2 shapes x 2 levels; off and 2 workers: 1 shape x 2 levels
     assert all(run["requests"] > 0 and not run["errors"] for run in report["runs"])
     assert report["batching_ratio_c64"] > 0
+    assert [len(workers) for workers in report["server_rss_mb"].values()] == [1, 1, 2]
