@@ -1,11 +1,15 @@
 """Normalisation, atoms and chunking keep every offset pointing into the original text."""
 
+import unicodedata
+
 from hypothesis import given
 from hypothesis import strategies as st
 
 from model.text import LATIN, NUMBER, SPACE, atomise, chunk_ranges, normalise_char
 
-text_strategy = st.text(alphabet=st.sampled_from(list("北京大学，。！ \n\tabcAB12.,３４ＡＢ　😀\u200d👩\u0301é")), max_size=80) | st.text(max_size=60)
+text_strategy = st.text(alphabet=st.sampled_from(list("北京大学，。！ \n\tabcAB12.,３４ＡＢ　😀\u200d👩\u0301é")), max_size=80) | st.text(
+    max_size=60
+)
 
 
 def test_full_width_becomes_half_width():
@@ -23,6 +27,68 @@ def test_grapheme_with_zwj_and_combining_mark_is_one_atom():
     family = "👨\u200d👩\u200d👧"
     atoms = atomise(f"{family}e\u0301")
     assert atoms.spans == ((0, len(family)), (len(family), len(family) + 2))
+
+
+ZWJ = "\u200d"
+# Characters at the edges of every rule: whitespace of several kinds, full-width forms,
+# '.'/',' next to digits, non-ASCII digits (superscript, Arabic-Indic, circled), marks of
+# each category (Mn, Mc, Me), variation selectors, skin tones, ZWJ.
+EDGES = list("北京，。 \n\t\x1c\u3000\u2028aZ09.,:１Ａ，．²٣①\u0301\u0903\u20dd\ufe0f\ufe0e\U0001f3fb👩😀") + [ZWJ]
+edge_text = st.text(alphabet=st.sampled_from(EDGES), max_size=40)
+
+
+def is_attached(char: str) -> bool:
+    """True for characters that belong to the previous grapheme."""
+    if char in ("\ufe0e", "\ufe0f", ZWJ):
+        return True
+    if 0x1F3FB <= ord(char) <= 0x1F3FF:  # emoji skin-tone modifiers
+        return True
+    return unicodedata.category(char) in ("Mn", "Me", "Mc")
+
+
+def is_ascii_alnum(char: str) -> bool:
+    return char.isascii() and char.isalnum()
+
+
+def reference_atomise(text: str) -> tuple[str, tuple[tuple[int, int], ...]]:
+    """The atom rules stated character by character (the first implementation): the oracle."""
+    normal = "".join(normalise_char(c) for c in text)
+    model_chars: list[str] = []
+    spans: list[tuple[int, int]] = []
+    i, n = 0, len(normal)
+    while i < n:
+        char = normal[i]
+        start = i
+        if char.isspace():
+            while i < n and normal[i].isspace():
+                i += 1
+            model_chars.append(SPACE)
+        elif is_ascii_alnum(char):
+            has_letter = False
+            while i < n:
+                c = normal[i]
+                if is_ascii_alnum(c):
+                    has_letter = has_letter or c.isalpha()
+                    i += 1
+                elif c in ".," and i + 1 < n and normal[i + 1].isdigit() and normal[i - 1].isdigit():
+                    i += 1  # 3.14, 1,000
+                else:
+                    break
+            model_chars.append(LATIN if has_letter else NUMBER)
+        else:
+            i += 1
+            model_chars.append(char)
+        if not char.isspace():
+            while i < n and not normal[i].isspace() and (is_attached(normal[i]) or normal[i - 1] == ZWJ):
+                i += 1
+        spans.append((start, i))
+    return "".join(model_chars), tuple(spans)
+
+
+@given(edge_text | text_strategy)
+def test_atomise_follows_the_rules_character_by_character(text):
+    atoms = atomise(text)
+    assert (atoms.model_text, atoms.spans) == reference_atomise(text)
 
 
 @given(text_strategy)
