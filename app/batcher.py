@@ -159,17 +159,21 @@ class Batcher:
                 log.exception("batching loop error; continuing")
 
     def _collect(self) -> list[_Item] | None:
-        """The next batch: oldest first, waiting up to max_wait_ms for it to fill; None once stopped and empty."""
+        """The next batch, oldest first; None once stopped and empty. When the model was idle, the
+        first sentence waits up to max_wait_ms for the batch to fill."""
         settings = self.settings
         expired: list[_Item] = []
         batch: list[_Item] = []
         with self._changed:
+            was_idle = not self._queue
             while not self._queue:
                 if self._stopping:
                     return None
                 self._changed.wait()
+            # Sentences that queued up during the last batch have waited long enough; only
+            # a sentence that finds the model idle waits for others to join it.
             deadline = time.monotonic() + settings.max_wait_ms / 1000
-            while len(self._queue) < settings.max_batch_sentences and not self._stopping:
+            while was_idle and len(self._queue) < settings.max_batch_sentences and not self._stopping:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break

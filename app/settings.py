@@ -31,7 +31,7 @@ class Settings(BaseSettings):
 
     max_batch_sentences: int = Field(64, ge=1, description="At most this many sentences (chunks) per batch; 1 turns batching off.")
     max_batch_chars: int = Field(12000, ge=1, description="At most this many characters per batch (a longer chunk runs alone).")
-    max_wait_ms: float = Field(2.0, ge=0, description="How long the first sentence of a batch waits for others.")
+    max_wait_ms: float = Field(2.0, ge=0, description="How long a sentence that finds the model idle waits for others to join its batch.")
     queue_capacity: int = Field(4096, ge=1, description="Sentences that may wait; beyond it requests get 503.")
     request_timeout_s: float = Field(30.0, gt=0, description="A request still queued after this long gets 503.")
 
