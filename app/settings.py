@@ -19,8 +19,8 @@ class Settings(BaseSettings):
 
     model_path: str = Field(DEFAULT_MODEL, description="Bundle folder (network.pt + metadata.json).")
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    # int8 ran 1.8x faster in-process than fp32 on the 2-core benchmark machine and moved
-    # every test F1 by at most 0.0012 (model card); CUDA always runs fp32.
+    # int8 ran 1.29x faster in-process than fp32 on the 2-core benchmark machine (best batch
+    # each) and moved every test F1 by at most 0.0003 (model card); CUDA always runs fp32.
     precision: Literal["fp32", "int8"] = Field("int8", description="int8: dynamic quantisation on the CPU; fp32: the exported weights as they are.")
     torch_threads: int = Field(1, ge=1, description="Intra-op threads of the inference thread; 1 avoids oversubscription.")
     # The event loop and the inference thread share the GIL. The model thread gives it up at
