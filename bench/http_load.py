@@ -4,9 +4,10 @@
 
 For each server configuration (dynamic batching on, then off = max batch size 1, then
 on with two uvicorn workers) `ner-serve` is started on a free port; for each request
-shape (1 and 32 sentences per request; one sentence only for the last two) and concurrency level, that many clients send requests back to back for
-`--duration` seconds. Sentences are msra-test sentences, cycled. Client and server share
-the machine, as they would on a one-box deployment. The load generator is wrk (Debian
+shape (1 and 32 sentences per request; one sentence only for the last two) and
+concurrency level, that many clients send requests back to back for `--duration`
+seconds. Sentences are msra-test sentences, cycled. Client and server share the
+machine, as they would on a one-box deployment. The load generator is wrk (Debian
 package `wrk`): a Python client would spend more CPU per request than the server does.
 """
 
@@ -32,7 +33,7 @@ from training.corpora import load_corpus
 
 DEFAULT_OUT = Path("bench/results/http.json")
 WRK_SCRIPT = Path(__file__).with_name("wrk_tag.lua")
-QUEUE_CAPACITY = Settings.model_fields["queue_capacity"].default
+READY_TIMEOUT_S = 120
 
 
 @contextmanager
@@ -54,7 +55,11 @@ def server(model: str, env: dict[str, str], log: Path, workers: int = 1) -> Iter
     url = f"http://127.0.0.1:{port}"
     with running(command, f"{url}/readyz", log, environment) as process:
         # /readyz answered by one worker; the queue capacity gauge adds up the workers that have loaded the model.
-        while queue_capacity(url) < QUEUE_CAPACITY * workers:
+        per_worker = int(environment.get("NER_QUEUE_CAPACITY", Settings.model_fields["queue_capacity"].default))
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while queue_capacity(url) < per_worker * workers:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"not all {workers} workers loaded the model within {READY_TIMEOUT_S} s:\n{log.read_text(errors='replace')}")
             time.sleep(0.5)
         yield process, url
 
@@ -73,22 +78,7 @@ def worker_pids(process: subprocess.Popen) -> list[int]:
 
 def load(url: str, bodies_file: Path, concurrency: int, duration: float, sentences: int, characters: float) -> dict:
     """wrk with `concurrency` connections, each sending the next body as soon as its answer came."""
-    command = [
-        "wrk",
-        "-t",
-        "1",
-        "-c",
-        str(concurrency),
-        "-d",
-        f"{max(1, round(duration))}s",
-        "--timeout",
-        "60s",
-        "-s",
-        str(WRK_SCRIPT),
-        url,
-        "--",
-        str(bodies_file),
-    ]
+    command = ["wrk", "-t", "1", "-c", str(concurrency), "-d", f"{max(1, round(duration))}s", "--timeout", "60s", "-s", str(WRK_SCRIPT), url, "--", str(bodies_file)]
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     summary = json.loads(next(line for line in output.splitlines() if line.startswith("WRKJSON "))[8:])
     errors = {k: summary[k] for k in ("status_errors", "connect_errors", "read_errors", "write_errors", "timeouts") if summary[k]}
@@ -149,11 +139,7 @@ def main(argv: list[str] | None = None) -> int:
             report.setdefault("server_rss_mb", {})[name] = [rss_mb(pid) for pid in worker_pids(process)]
 
     def figure(name: str, per_request: int, concurrency: int) -> float:
-        return next(
-            r["chars_per_second"]
-            for r in report["runs"]
-            if (r["server"], r["sentences_per_request"], r["concurrency"]) == (name, per_request, concurrency)
-        )
+        return next(r["chars_per_second"] for r in report["runs"] if (r["server"], r["sentences_per_request"], r["concurrency"]) == (name, per_request, concurrency))
 
     if 64 in levels:
         report["batching_ratio_c64"] = figure("batching on", 1, 64) / figure("batching off", 1, 64)
