@@ -52,6 +52,7 @@ def build_network(metadata: dict[str, Any]) -> torch.nn.Module:
         labels["seg"],
         labels["pos"],
         labels["ner"],
+        len(metadata["vocab"].get("words", [])),
     )
 
 

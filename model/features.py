@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from model.lexicon import Lexicon
+from model.lexicon import Lexicon, WordMatches
 from model.vocab import Vocab, bigrams
 
 
@@ -19,6 +19,7 @@ class Inputs:
     chars: list[int]
     bigrams: list[int]
     lexicon: np.ndarray  # (n, Lexicon.size) float32
+    words: WordMatches | None = None  # only for networks with word vectors
 
     def __len__(self) -> int:
         return len(self.chars)
@@ -30,26 +31,34 @@ class Batch:
     bigrams: torch.Tensor  # (B, T) long
     lexicon: torch.Tensor  # (B, T, F) float
     lengths: torch.Tensor  # (B,) long, on the CPU
+    # SoftLexicon inputs: word ids and weights of each position's B/M/E/S sets, K slots each
+    # (K = the most words any set of the batch has); K = 0 for networks without word vectors.
+    words: torch.Tensor  # (B, T, 4, K) long
+    word_weights: torch.Tensor  # (B, T, 4, K) float
 
     def to(self, device: torch.device | str) -> Batch:
         if str(device) == "cpu":
             return self
-        return Batch(self.chars.to(device), self.bigrams.to(device), self.lexicon.to(device), self.lengths)
+        return Batch(self.chars.to(device), self.bigrams.to(device), self.lexicon.to(device), self.lengths, self.words.to(device), self.word_weights.to(device))
 
 
 class Featuriser:
-    def __init__(self, chars: Vocab, bigram_vocab: Vocab, lexicon: Lexicon):
+    def __init__(self, chars: Vocab, bigram_vocab: Vocab, lexicon: Lexicon, words: Vocab | None = None):
         self.chars = chars
         self.bigrams = bigram_vocab
         self.lexicon = lexicon
+        self.words = words
 
     def inputs(self, model_text: str) -> Inputs:
         return self.inputs_many([model_text])[0]
 
     def inputs_many(self, model_texts: list[str]) -> list[Inputs]:
         """`inputs` of each text; the dictionary step runs once for all of them (faster)."""
-        features = self.lexicon.features_many(model_texts)
-        return [Inputs(self.chars.ids(text), self.bigrams.ids(bigrams(text)), lexicon) for text, lexicon in zip(model_texts, features)]
+        features, words = self.lexicon.analyse_many(model_texts, self.words)
+        return [
+            Inputs(self.chars.ids(text), self.bigrams.ids(bigrams(text)), lexicon, None if words is None else words[i])
+            for i, (text, lexicon) in enumerate(zip(model_texts, features))
+        ]
 
 
 def pad(items: list[Inputs]) -> Batch:
@@ -64,4 +73,24 @@ def pad(items: list[Inputs]) -> Batch:
         chars[row, :n] = item.chars
         bigram_ids[row, :n] = item.bigrams
         lexicon[row, :n] = item.lexicon
-    return Batch(torch.from_numpy(chars), torch.from_numpy(bigram_ids), torch.from_numpy(lexicon), torch.tensor(lengths))
+    words, word_weights = _pad_words(items, steps)
+    return Batch(torch.from_numpy(chars), torch.from_numpy(bigram_ids), torch.from_numpy(lexicon), torch.tensor(lengths), words, word_weights)
+
+
+def _pad_words(items: list[Inputs], steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T, 4, K) word ids and weights; the words of one set fill its K slots in order."""
+    if items[0].words is None:
+        return torch.zeros((len(items), steps, 4, 0), dtype=torch.long), torch.zeros((len(items), steps, 4, 0))
+    matches = [item.words for item in items]
+    row = np.concatenate([np.full(len(m.position), r) for r, m in enumerate(matches)])
+    cell = (row * steps + np.concatenate([m.position for m in matches])) * 4 + np.concatenate([m.role for m in matches])
+    order = np.argsort(cell, kind="stable")
+    cell = cell[order]
+    slot = np.arange(len(cell)) - np.searchsorted(cell, cell)  # rank among the words of the same set
+    slots = int(slot.max()) + 1 if len(slot) else 0
+    words = np.zeros(len(items) * steps * 4 * slots, dtype=np.int64)
+    weights = np.zeros(len(items) * steps * 4 * slots, dtype=np.float32)
+    words[cell * slots + slot] = np.concatenate([m.word for m in matches])[order]
+    weights[cell * slots + slot] = np.concatenate([m.weight for m in matches])[order]
+    shape = (len(items), steps, 4, slots)
+    return torch.from_numpy(words.reshape(shape)), torch.from_numpy(weights.reshape(shape))

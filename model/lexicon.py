@@ -22,10 +22,14 @@ together, one substring length at a time, only where the shorter prefix matched.
 from __future__ import annotations
 
 import math
+from collections import Counter
+from dataclasses import dataclass
 
 import jieba
 import jieba.posseg
 import numpy as np
+
+from model.vocab import Vocab
 
 LENGTH_BUCKETS = 4  # 2, 3, 4, 5+
 ENTITY_TAGS = {"nr": 0, "nrfg": 0, "nrt": 0, "ns": 1, "nt": 2}
@@ -72,6 +76,11 @@ class Lexicon:
 
     def features_many(self, model_texts: list[str]) -> list[np.ndarray]:
         """`features` of each text, computed together (much faster than one by one)."""
+        return self.analyse_many(model_texts)[0]
+
+    def analyse_many(self, model_texts: list[str], word_vocab: Vocab | None = None) -> tuple[list[np.ndarray], list[WordMatches] | None]:
+        """The features of each text and, given a word vocabulary, the words matched at each
+        of its positions (SoftLexicon's B/M/E/S sets), from one dictionary pass."""
         joined = SEPARATOR.join(model_texts)
         out = np.zeros((len(joined), N_FEATURES), dtype=np.float32)
         table = self._current_table()
@@ -101,8 +110,29 @@ class Lexicon:
         )
         values = np.concatenate([weight[match], weight[singles], weight[match][typed], weight[typed_singles]])
         np.maximum.at(out.reshape(-1), rows * N_FEATURES + columns, values)
-        ends = np.cumsum([len(text) + len(SEPARATOR) for text in model_texts])
-        return [out[end - len(SEPARATOR) - len(text) : end - len(SEPARATOR)] for text, end in zip(model_texts, ends)]
+        ends = np.cumsum([len(text) + len(SEPARATOR) for text in model_texts]) - len(SEPARATOR)
+        starts = ends - np.array([len(text) for text in model_texts], dtype=np.int64)
+        features = [out[a:b] for a, b in zip(starts, ends)]
+        if word_vocab is None:
+            return features, None
+        matched = np.concatenate([match, singles])
+        words = WordMatches(
+            np.concatenate([position, start[singles]]),
+            np.concatenate([role, np.full(len(singles), 3)]),
+            table.word_ids(word_vocab)[entry[matched]],
+            weight[matched],
+        )
+        return features, words.normalised(len(joined)).split(starts, ends)
+
+    def matched_words(self, model_texts: list[str]) -> Counter:
+        """How often each dictionary word occurs in the texts (the word vocabulary is built from it)."""
+        table = self._current_table()
+        counts: Counter = Counter()
+        for offset in range(0, len(model_texts), 1000):
+            _, _, entry = table.matches(SEPARATOR.join(model_texts[offset : offset + 1000]))
+            for index, count in zip(*np.unique(entry, return_counts=True)):
+                counts[table.words[index]] += int(count)
+        return counts
 
     def _current_table(self) -> _Table:
         self.pos_tokenizer.makesure_userdict_loaded()
@@ -112,6 +142,33 @@ class Lexicon:
             self._table = _Table(tokenizer.FREQ, self.pos_tokenizer.word_tag_tab, self._log_max)
             self._signature = signature
         return self._table
+
+
+@dataclass
+class WordMatches:
+    """The dictionary words at the positions of one text, for SoftLexicon pooling: each word
+    is in the B, M, E or S set of a position (role 0-3). Weights are SoftLexicon's: a word's
+    frequency weight times 4 over the summed weights of all words at that position."""
+
+    position: np.ndarray  # int64
+    role: np.ndarray  # int64, 0 B, 1 M, 2 E, 3 S
+    word: np.ndarray  # int64 ids in the word vocabulary (1 = <unk>)
+    weight: np.ndarray  # float32
+
+    def normalised(self, size: int) -> WordMatches:
+        totals = np.bincount(self.position, weights=self.weight, minlength=size)
+        weight = (4 * self.weight / np.maximum(totals[self.position], 1e-6)).astype(np.float32)
+        return WordMatches(self.position, self.role, self.word, weight)
+
+    def split(self, starts: np.ndarray, ends: np.ndarray) -> list[WordMatches]:
+        """Per text, positions relative to each text's start."""
+        order = np.argsort(self.position, kind="stable")
+        position = self.position[order]
+        lows, highs = np.searchsorted(position, starts), np.searchsorted(position, ends)
+        return [
+            WordMatches(position[lo:hi] - start, self.role[order[lo:hi]], self.word[order[lo:hi]], self.weight[order[lo:hi]])
+            for start, lo, hi in zip(starts, lows, highs)
+        ]
 
 
 SEPARATOR = "\0"  # between the texts of a batch; no dictionary word contains it
@@ -149,6 +206,14 @@ class _Table:
         self.is_word = counts > 0
         self.weight = np.minimum(np.log1p(counts) / log_max, 1.0).astype(np.float32)
         self.kind = np.array([ENTITY_TAGS.get(tags.get(word), -1) for word in words], dtype=np.int64)[order]
+        self.words = [words[i] for i in order]
+        self._word_ids: tuple[Vocab, np.ndarray] | None = None
+
+    def word_ids(self, vocab: Vocab) -> np.ndarray:
+        """Each key's id in `vocab` (<unk> for keys it lacks, e.g. words added at run time)."""
+        if self._word_ids is None or self._word_ids[0] is not vocab:
+            self._word_ids = (vocab, np.array(vocab.ids(self.words), dtype=np.int64))
+        return self._word_ids[1]
 
     def matches(self, text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(start, length, table index) of every dictionary word occurring in `text`."""

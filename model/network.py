@@ -38,6 +38,10 @@ class NetworkConfig:
     # otherwise memorises the bigrams of training-set names (train NER F1 0.98 against
     # dev 0.85) and has never learnt to read a name it has not seen.
     unk_dropout: float = 0.0
+    # SoftLexicon word vectors: 0 = off (dictionary words enter only through the fixed-size
+    # features of model/lexicon.py); > 0 = each position's B/M/E/S word sets are pooled
+    # into 4 x word_dim inputs from a trained embedding of the words seen in training.
+    word_dim: int = 0
 
     def __post_init__(self) -> None:
         if self.cell not in CELLS:
@@ -54,6 +58,8 @@ class NetworkConfig:
 class TaggerNetwork(nn.Module):
     """Shared encoder and three CRF heads. `forward` decodes; `loss` trains."""
 
+    __constants__ = ["has_words"]  # for TorchScript: without word vectors that branch is not compiled
+
     def __init__(
         self,
         config: NetworkConfig,
@@ -63,6 +69,7 @@ class TaggerNetwork(nn.Module):
         seg_labels: list[str],
         pos_labels: list[str],
         ner_labels: list[str],
+        num_words: int = 0,
     ):
         super().__init__()
         self.merge = config.merge
@@ -77,7 +84,13 @@ class TaggerNetwork(nn.Module):
             with torch.no_grad():
                 table.weight[0].zero_()
         self.lexicon_projection = nn.Linear(num_lexicon_features, config.lexicon_dim)
-        input_dim = config.char_dim + 2 * config.bigram_dim + config.lexicon_dim
+        self.has_words = config.word_dim > 0
+        if self.has_words:
+            self.word_embedding = nn.Embedding(num_words, config.word_dim, padding_idx=0, sparse=True)
+            nn.init.normal_(self.word_embedding.weight, std=config.embedding_init_std)
+            with torch.no_grad():
+                self.word_embedding.weight[0].zero_()
+        input_dim = config.char_dim + 2 * config.bigram_dim + config.lexicon_dim + 4 * config.word_dim
         rnn_class = nn.LSTM if config.cell == "lstm" else nn.GRU
         self.rnn = rnn_class(
             input_dim,
@@ -105,14 +118,21 @@ class TaggerNetwork(nn.Module):
             raise ValueError("pos labels must be make_labels(types, outside=False)")
         self.num_pos_types = len(types)
 
-    def encode(self, chars: Tensor, bigrams: Tensor, lexicon: Tensor, lengths: Tensor) -> Tensor:
-        """Hidden states (B, T, H) for padded inputs; `lengths` on the CPU is fastest."""
+    def encode(self, chars: Tensor, bigrams: Tensor, lexicon: Tensor, lengths: Tensor, words: Tensor | None = None, word_weights: Tensor | None = None) -> Tensor:
+        """Hidden states (B, T, H) for padded inputs; `lengths` on the CPU is fastest. `words` and
+        `word_weights` (B, T, 4, K) are needed when the network has word vectors."""
         # The bigram ending at each position is the one starting at the previous position
         # (<bos> at the first): one lookup serves both sides.
         right = self.bigram_embedding(bigrams)
         first = self.bigram_embedding(torch.full_like(bigrams[:, :1], self.bos_bigram))
         left = torch.cat([first, right[:, :-1]], dim=1)
-        inputs = torch.cat([self.char_embedding(chars), left, right, torch.relu(self.lexicon_projection(lexicon))], dim=2)
+        parts = [self.char_embedding(chars), left, right, torch.relu(self.lexicon_projection(lexicon))]
+        if self.has_words:
+            assert words is not None and word_weights is not None, "this network needs words and word_weights"
+            # SoftLexicon: each set's weighted sum of word vectors, the 4 sets side by side
+            pooled = (self.word_embedding(words) * word_weights.unsqueeze(4)).sum(3)
+            parts.append(pooled.flatten(2))
+        inputs = torch.cat(parts, dim=2)
         return self.dropout(self.contextualise(self.dropout(inputs), lengths))
 
     def contextualise(self, inputs: Tensor, lengths: Tensor) -> Tensor:
@@ -139,9 +159,11 @@ class TaggerNetwork(nn.Module):
         want_seg: bool = True,
         want_pos: bool = True,
         want_ner: bool = True,
+        words: Tensor | None = None,
+        word_weights: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Decoded label ids (B, T) for seg, pos and ner; an empty tensor for a head not wanted."""
-        hidden = self.encode(chars, bigrams, lexicon, lengths)
+        hidden = self.encode(chars, bigrams, lexicon, lengths, words, word_weights)
         empty = torch.zeros(0, dtype=torch.long, device=chars.device)
         seg, pos, ner = empty, empty, empty
         if (want_seg or want_pos) and want_ner:
@@ -208,12 +230,16 @@ class TaggerNetwork(nn.Module):
         seg: Tensor | None,
         pos: Tensor | None,
         ner: Tensor | None,
+        words: Tensor | None = None,
+        word_weights: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """Summed loss of each head that has gold labels: CRF negative log-likelihood for
         seg and ner, cross-entropy per character for pos."""
         if self.unk_dropout > 0:
             chars, bigrams = self.hide_ids(chars), self.hide_ids(bigrams)
-        hidden = self.encode(chars, bigrams, lexicon, lengths)
+        if words is not None and self.unk_dropout > 0:
+            words = self.hide_ids(words)
+        hidden = self.encode(chars, bigrams, lexicon, lengths, words, word_weights)
         mask = torch.arange(chars.shape[1], device=chars.device).unsqueeze(0) < lengths.to(chars.device).unsqueeze(1)
         losses: dict[str, Tensor] = {}
         if seg is not None:

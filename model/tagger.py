@@ -107,6 +107,7 @@ class Tagger:
             Vocab.from_json(metadata["vocab"]["chars"]),
             Vocab.from_json(metadata["vocab"]["bigrams"]),
             self.lexicon,
+            Vocab.from_json(metadata["vocab"]["words"]) if "words" in metadata["vocab"] else None,
         )
 
     @classmethod
@@ -149,7 +150,10 @@ class Tagger:
             return []
         want_seg, want_pos, want_ner = (task in tasks for task in TASKS)
         batch = pad(self.featuriser.inputs_many([chunk.model_text for chunk in chunks])).to(self.device)
-        seg, pos, ner = self.network(batch.chars, batch.bigrams, batch.lexicon, batch.lengths, want_seg, want_pos, want_ner)
+        if self.featuriser.words is None:  # bundles without word vectors take no word inputs
+            seg, pos, ner = self.network(batch.chars, batch.bigrams, batch.lexicon, batch.lengths, want_seg, want_pos, want_ner)
+        else:
+            seg, pos, ner = self.network(batch.chars, batch.bigrams, batch.lexicon, batch.lengths, want_seg, want_pos, want_ner, batch.words, batch.word_weights)
         heads = {}
         for name, ids in (("seg", seg), ("pos", pos), ("ner", ner)):
             if ids.numel() == 0:

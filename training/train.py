@@ -52,6 +52,7 @@ class TrainConfig:
     max_len: int = 150
     bigram_min_count: int = 2
     bigram_max_size: int = 200_000
+    word_min_count: int = 2  # word vocabulary (network.word_dim > 0): dictionary words seen this often in the training text
     epochs: int = 30
     time_budget_minutes: float = 0.0  # 0 = no limit
     patience: int = 3
@@ -139,7 +140,7 @@ class Optimiser:
 
     def step(self, batch: Batch, seg: torch.Tensor | None, pos: torch.Tensor | None, ner: torch.Tensor | None) -> float:
         """One update on `batch`; returns the summed (unweighted) loss."""
-        losses = self.network.loss(batch.chars, batch.bigrams, batch.lexicon, batch.lengths, seg, pos, ner)
+        losses = self.network.loss(batch.chars, batch.bigrams, batch.lexicon, batch.lengths, seg, pos, ner, batch.words, batch.word_weights)
         chars = int(batch.lengths.sum())
         objective = 0.0
         for task, loss in losses.items():
@@ -232,14 +233,18 @@ def train(config: TrainConfig, out: Path, progress: bool = True) -> dict:
     ner_types = sorted({s[2] for e in msra_train for s in e.entities})
     labels = {"seg": make_labels(None, False), "pos": make_labels(pos_types, False), "ner": make_labels(ner_types, True)}
     lexicon = Lexicon()
-    featuriser = Featuriser(char_vocab, bigram_vocab, lexicon)
+    word_vocab = Vocab.build(lexicon.matched_words(model_texts), config.word_min_count) if config.network.word_dim > 0 else None
+    featuriser = Featuriser(char_vocab, bigram_vocab, lexicon, word_vocab)
+    if word_vocab is not None:
+        print(f"words {len(word_vocab)}", file=sys.stderr)
     print(f"chars {len(char_vocab)}, bigrams {len(bigram_vocab)}, pos labels {len(labels['pos'])}, ner labels {len(labels['ner'])}", file=sys.stderr)
     pd98_sequences = to_sequences(pd98_train, featuriser, labels, config.max_len)
     msra_sequences = to_sequences(msra_train, featuriser, labels, config.max_len)
     train_chars = sum(len(s.inputs) for s in pd98_sequences + msra_sequences)
     print(f"training sequences: pd98 {len(pd98_sequences)}, msra {len(msra_sequences)}, {train_chars} atoms", file=sys.stderr)
 
-    network = TaggerNetwork(config.network, len(char_vocab), len(bigram_vocab), Lexicon.size, labels["seg"], labels["pos"], labels["ner"]).to(device)
+    num_words = len(word_vocab) if word_vocab else 0
+    network = TaggerNetwork(config.network, len(char_vocab), len(bigram_vocab), Lexicon.size, labels["seg"], labels["pos"], labels["ner"], num_words).to(device)
     optimiser = Optimiser(network, config.learning_rate, config.clip, config.task_weights, config.balance_losses, config.embedding_learning_rate)
 
     metadata = {
@@ -247,7 +252,7 @@ def train(config: TrainConfig, out: Path, progress: bool = True) -> dict:
         "version": config.version,
         "max_len": config.max_len,
         "lexicon_features": Lexicon.size,
-        "vocab": {"chars": char_vocab.to_json(), "bigrams": bigram_vocab.to_json()},
+        "vocab": {"chars": char_vocab.to_json(), "bigrams": bigram_vocab.to_json(), **({"words": word_vocab.to_json()} if word_vocab else {})},
         "labels": labels,
         "config": {**{k: v for k, v in config.__dict__.items() if k != "network"}, "network": config.network.to_dict()},
         "corpora": {
