@@ -31,15 +31,16 @@ class Batch:
     bigrams: torch.Tensor  # (B, T) long
     lexicon: torch.Tensor  # (B, T, F) float
     lengths: torch.Tensor  # (B,) long, on the CPU
-    # SoftLexicon inputs: word ids and weights of each position's B/M/E/S sets, K slots each
-    # (K = the most words any set of the batch has); K = 0 for networks without word vectors.
-    words: torch.Tensor  # (B, T, 4, K) long
-    word_weights: torch.Tensor  # (B, T, 4, K) float
+    # SoftLexicon inputs, only for networks with word vectors: word ids and weights of each
+    # position's B/M/E/S sets, K slots each (K = the most words any set of the batch has).
+    words: torch.Tensor | None = None  # (B, T, 4, K) long
+    word_weights: torch.Tensor | None = None  # (B, T, 4, K) float
 
     def to(self, device: torch.device | str) -> Batch:
         if str(device) == "cpu":
             return self
-        return Batch(self.chars.to(device), self.bigrams.to(device), self.lexicon.to(device), self.lengths, self.words.to(device), self.word_weights.to(device))
+        words, weights = (None, None) if self.words is None or self.word_weights is None else (self.words.to(device), self.word_weights.to(device))
+        return Batch(self.chars.to(device), self.bigrams.to(device), self.lexicon.to(device), self.lengths, words, weights)
 
 
 class Featuriser:
@@ -77,10 +78,10 @@ def pad(items: list[Inputs]) -> Batch:
     return Batch(torch.from_numpy(chars), torch.from_numpy(bigram_ids), torch.from_numpy(lexicon), torch.tensor(lengths), words, word_weights)
 
 
-def _pad_words(items: list[Inputs], steps: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, T, 4, K) word ids and weights; the words of one set fill its K slots in order."""
+def _pad_words(items: list[Inputs], steps: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(B, T, 4, K) word ids and weights (None without words); the words of a set fill its K slots in order."""
     if items[0].words is None:
-        return torch.zeros((len(items), steps, 4, 0), dtype=torch.long), torch.zeros((len(items), steps, 4, 0))
+        return None, None
     matches = [item.words for item in items]
     row = np.concatenate([np.full(len(m.position), r) for r, m in enumerate(matches)])
     cell = (row * steps + np.concatenate([m.position for m in matches])) * 4 + np.concatenate([m.role for m in matches])

@@ -150,7 +150,7 @@ class Tagger:
             return []
         want_seg, want_pos, want_ner = (task in tasks for task in TASKS)
         batch = pad(self.featuriser.inputs_many([chunk.model_text for chunk in chunks])).to(self.device)
-        if self.featuriser.words is None:  # bundles without word vectors take no word inputs
+        if batch.words is None:  # bundles without word vectors take no word inputs
             seg, pos, ner = self.network(batch.chars, batch.bigrams, batch.lexicon, batch.lengths, want_seg, want_pos, want_ner)
         else:
             seg, pos, ner = self.network(batch.chars, batch.bigrams, batch.lexicon, batch.lengths, want_seg, want_pos, want_ner, batch.words, batch.word_weights)

@@ -11,7 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from model.features import Inputs, pad
 from model.lexicon import ENTITY_TAGS, LENGTH_BUCKETS, N_FEATURES, N_PLAIN, Lexicon
+from model.vocab import Vocab
 
 # Dictionary words of every length bucket and entity kind, pieces that form other words
 # when joined (北京 + 大学生), Latin/number placeholders, and strings jieba never holds.
@@ -60,6 +62,57 @@ def test_features_match_the_definition(lexicon: Lexicon, texts: list[str]) -> No
     for text, features in zip(texts, together):
         np.testing.assert_allclose(features, reference_features(lexicon, text), atol=1e-6)
         np.testing.assert_array_equal(features, lexicon.features(text))
+
+
+def reference_word_sets(lexicon: Lexicon, text: str) -> dict[tuple[int, int], dict[str, float]]:
+    """SoftLexicon's sets: (position, role) -> {word: weight}, weights scaled to sum to 4 per position."""
+    freq = lexicon.tokenizer.FREQ
+    log_max = math.log1p(max(freq.values()))
+    sets: dict[tuple[int, int], dict[str, float]] = {}
+    for start in range(len(text)):
+        for end in range(start + 1, len(text) + 1):
+            word = text[start:end]
+            if "\0" not in word and freq.get(word):  # the batch separator is never part of a word
+                weight = min(1.0, math.log1p(freq[word]) / log_max)
+                roles = [3] if end - start == 1 else [0] + [1] * (end - start - 2) + [2]
+                for k, role in enumerate(roles):
+                    sets.setdefault((start + k, role), {})[word] = weight
+    for position in range(len(text)):
+        total = sum(w for (p, _), words in sets.items() if p == position for w in words.values())
+        for (p, role), words in sets.items():
+            if p == position:
+                sets[(p, role)] = {word: 4 * w / total for word, w in words.items()}
+    return sets
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(texts_of_pieces, min_size=1, max_size=5))
+def test_word_sets_match_the_definition(lexicon: Lexicon, texts: list[str]) -> None:
+    """The SoftLexicon inputs: every dictionary word in each B/M/E/S set, its SoftLexicon
+    weight, and the same sets after padding a batch."""
+    vocab = Vocab(["北京", "北京大学", "中华人民共和国", "人民", "的"])  # other words are <unk>
+    _, matches = lexicon.analyse_many(texts, vocab)
+    for text, found in zip(texts, matches):
+        expected = reference_word_sets(lexicon, text)
+        got: dict[tuple[int, int], dict[int, float]] = {}
+        for position, role, word, weight in zip(found.position, found.role, found.word, found.weight):
+            got.setdefault((int(position), int(role)), {}).setdefault(int(word), 0.0)
+            got[(int(position), int(role))][int(word)] += float(weight)
+        assert set(got) == set(expected)
+        for cell, words in expected.items():
+            by_id: dict[int, float] = {}
+            for word, weight in words.items():
+                by_id[vocab.id(word)] = by_id.get(vocab.id(word), 0.0) + weight
+            assert got[cell] == pytest.approx(by_id, rel=1e-5)
+    items = [Inputs([1] * len(text), [1] * len(text), np.zeros((len(text), N_FEATURES), np.float32), found) for text, found in zip(texts, matches) if text]
+    if items:
+        batch = pad(items)
+        for row, item in enumerate(items):
+            found = item.words
+            for position, role, word, weight in zip(found.position, found.role, found.word, found.weight):
+                slots = list(zip(batch.words[row, position, role].tolist(), batch.word_weights[row, position, role].tolist()))
+                assert any(w == word and v == pytest.approx(float(weight)) for w, v in slots)
+            assert float(batch.word_weights[row].sum()) == pytest.approx(float(found.weight.sum()), rel=1e-5)
 
 
 def test_known_words_have_their_roles(lexicon: Lexicon) -> None:

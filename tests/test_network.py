@@ -40,6 +40,24 @@ def test_torchscript_equals_eager_on_random_inputs(cell, merge, layers):
             assert torch.equal(eager, exported)
 
 
+def test_torchscript_equals_eager_with_word_vectors():
+    torch.manual_seed(0)
+    network = TaggerNetwork(NetworkConfig(hidden_size=8, char_dim=6, bigram_dim=4, lexicon_dim=3, word_dim=5), 50, 80, 25, SEG, POS, NER, num_words=30).eval()
+    scripted = torch.jit.script(network)
+    for seed in range(5):
+        inputs = random_batch(seed)
+        generator = torch.Generator().manual_seed(seed)
+        batch, steps = inputs[0].shape
+        words = torch.randint(0, 30, (batch, steps, 4, 3), generator=generator)
+        weights = torch.rand(batch, steps, 4, 3, generator=generator) * (words > 0)
+        eager_out = network(*inputs, True, True, True, words, weights)
+        for eager, exported in zip(eager_out, scripted(*inputs, True, True, True, words, weights)):
+            assert torch.equal(eager, exported)
+        # the word vectors are read: other words give other scores
+        hidden = network.encode(*inputs, words, weights)
+        assert not torch.equal(hidden, network.encode(*inputs, (words + 1) % 30, weights))
+
+
 def test_torchscript_equals_eager_on_real_sentences(tiny_bundle):
     scripted, metadata = load_bundle(tiny_bundle)
     tagger_scripted = Tagger(scripted, metadata)

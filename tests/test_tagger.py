@@ -1,8 +1,11 @@
 """The Tagger API on a tiny trained bundle: offsets, odd inputs, user words, bundle errors."""
 
+import dataclasses
 import json
 import shutil
 
+import jieba
+import jieba.posseg
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -10,6 +13,8 @@ from hypothesis import strategies as st
 from model.artifact import BundleError
 from model.lexicon import Lexicon
 from model.tagger import Tagger
+from tests.conftest import ROOT
+from training.train import TrainConfig, train
 
 
 @pytest.fixture(scope="module")
@@ -123,3 +128,32 @@ def test_int8_precision_loads_and_tags(tiny_bundle, tagger):
     assert_offsets(result)
     with pytest.raises(ValueError, match="precision"):
         Tagger.load(tiny_bundle, "cpu", precision="fp8")
+
+
+@pytest.fixture(scope="module")
+def word_vector_bundle(tmp_path_factory):
+    """The tiny recipe with SoftLexicon word vectors (network.word_dim), trained for real."""
+    config = TrainConfig.from_toml(ROOT / "training" / "configs" / "tiny.toml")
+    config.network = dataclasses.replace(config.network, word_dim=8, unk_dropout=0.1)
+    config.epochs = 1
+    out = tmp_path_factory.mktemp("tiny-words") / "bundle"
+    train(config, out, progress=False)
+    return out
+
+
+def test_a_bundle_with_word_vectors_tags_in_both_precisions(word_vector_bundle):
+    metadata = json.loads((word_vector_bundle / "metadata.json").read_text(encoding="utf-8"))
+    assert len(metadata["vocab"]["words"]) > 1000
+    texts = ["中共中央总书记、国家主席江泽民发表1998年新年讲话。", "", "iPhone 15 售价 5999 元！", "字" * 400]
+    results = {}
+    for precision in ("fp32", "int8"):
+        tagger = Tagger.load(word_vector_bundle, "cpu", precision=precision)
+        results[precision] = tagger.tag(texts, batch_size=2)
+        for result in results[precision]:
+            assert_offsets(result)
+    # A word the vocabulary never saw, added at run time, is tagged too (its vector is <unk>'s).
+    lexicon = Lexicon(jieba.posseg.POSTokenizer(jieba.Tokenizer()))
+    lexicon.tokenizer.add_word("氪晶猫爪藤", 1000, "nt")
+    tagger = Tagger.load(word_vector_bundle, "cpu", lexicon=lexicon)
+    [result] = tagger.tag(["氪晶猫爪藤在北京"])
+    assert_offsets(result)
