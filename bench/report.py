@@ -26,7 +26,15 @@ def inprocess_table(data: dict) -> list[str]:
             lines.append(f"| {name} | {figure['what']} | 1 sentence per call | {figure['chars_per_second']:,.0f} | {best / figure['chars_per_second']:.2f}x |")
         else:
             lines.append(f"| {name} | | | skipped: {figure['skipped']} | |")
-    lines += ["", f"Ours = best seg+pos+ner figure ({best:,.0f} chars/s). Peak RSS of the in-process run (ours only): {data['ours_peak_rss_mb']:.0f} MB.", ""]
+    lines += ["", f"Ours = best seg+pos+ner figure ({best:,.0f} chars/s). Peak RSS of the in-process run (ours only): {data['ours_peak_rss_mb']:.0f} MB."]
+    if "arrival_order" in data:
+        arrival = data["arrival_order"]
+        lines.append(
+            f"Batches as a server at {arrival['batch_size']} clients forms them ({arrival['batch_size']} consecutive sentences, lengths mixed): "
+            f"{arrival['chars_per_second']:,.0f} chars/s, {arrival['ratio_to_batch_1']:.2f}x batch 1. That ratio bounds batching on ÷ off "
+            f"at {arrival['batch_size']} clients before any HTTP cost."
+        )
+    lines.append("")
     return lines
 
 

@@ -18,6 +18,7 @@ def test_throughput_and_report(tiny_bundle, tmp_path):
     assert {f["batch_size"] for f in report["ours"].values()} == {1, 8, 32, 128, 512}
     assert report["peers"]["jieba.posseg.cut"]["chars_per_second"] > 0
     assert all(ratio > 0 for ratio in report["ratios"].values())
+    assert report["arrival_order"]["batch_size"] == 64 and report["arrival_order"]["ratio_to_batch_1"] > 0
 
 
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (apt-get install wrk)")
