@@ -114,8 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         for start in range(0, len(sentences), ARRIVAL_BATCH):
             tagger.tag(sentences[start : start + ARRIVAL_BATCH], batch_size=ARRIVAL_BATCH)
 
-    systems["arrival"] = ("arrival_order", {}, in_arrival_order)
-    report["arrival_order"] = {}
+    systems["arrival"] = ("", {}, in_arrival_order)  # reported on its own below
 
     import jieba
     import jieba.posseg
@@ -137,10 +136,16 @@ def main(argv: list[str] | None = None) -> int:
             rounds[name].append(characters / seconds_taken(run))
             print(f"round {number}: {name:18s} {rounds[name][-1]:10.0f} chars/s", file=sys.stderr)
     for name, (section, description, _) in systems.items():
-        report[section][name] = {**description, "chars_per_second": max(rounds[name]), "rounds_chars_per_second": rounds[name]}
+        if section:
+            report[section][name] = {**description, "chars_per_second": max(rounds[name]), "rounds_chars_per_second": rounds[name]}
     report["rounds"] = args.rounds
-    arrival = report.pop("arrival_order")["arrival"]["chars_per_second"]
-    report["arrival_order"] = {"batch_size": ARRIVAL_BATCH, "chars_per_second": arrival, "ratio_to_batch_1": arrival / report["ours"]["seg+pos+ner@1"]["chars_per_second"]}
+    arrival = max(rounds["arrival"])
+    report["arrival_order"] = {
+        "batch_size": ARRIVAL_BATCH,
+        "chars_per_second": arrival,
+        "rounds_chars_per_second": rounds["arrival"],
+        "ratio_to_batch_1": arrival / report["ours"]["seg+pos+ner@1"]["chars_per_second"],
+    }
     print(f"batches of {ARRIVAL_BATCH} in arrival order / batch 1: {report['arrival_order']['ratio_to_batch_1']:.2f}x", file=sys.stderr)
 
     best = max(v["chars_per_second"] for v in report["ours"].values() if v["tasks"] == "seg+pos+ner")

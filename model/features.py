@@ -39,7 +39,7 @@ class Batch:
     def to(self, device: torch.device | str) -> Batch:
         if str(device) == "cpu":
             return self
-        words, weights = (None, None) if self.words is None or self.word_weights is None else (self.words.to(device), self.word_weights.to(device))
+        words, weights = (self.words, self.word_weights) if self.words is None else (self.words.to(device), self.word_weights.to(device))
         return Batch(self.chars.to(device), self.bigrams.to(device), self.lexicon.to(device), self.lengths, words, weights)
 
 

@@ -55,6 +55,13 @@ class NetworkConfig:
         return asdict(self)
 
 
+def init_table(table: nn.Embedding | nn.EmbeddingBag, std: float) -> None:
+    """Normal(0, std) rows, the padding row (id 0) zero."""
+    nn.init.normal_(table.weight, std=std)
+    with torch.no_grad():
+        table.weight[0].zero_()
+
+
 class TaggerNetwork(nn.Module):
     """Shared encoder and three CRF heads. `forward` decodes; `loss` trains."""
 
@@ -80,16 +87,12 @@ class TaggerNetwork(nn.Module):
         self.char_embedding = nn.Embedding(num_chars, config.char_dim, padding_idx=0, sparse=True)
         self.bigram_embedding = nn.Embedding(num_bigrams, config.bigram_dim, padding_idx=0, sparse=True)
         for table in (self.char_embedding, self.bigram_embedding):
-            nn.init.normal_(table.weight, std=config.embedding_init_std)
-            with torch.no_grad():
-                table.weight[0].zero_()
+            init_table(table, config.embedding_init_std)
         self.lexicon_projection = nn.Linear(num_lexicon_features, config.lexicon_dim)
         self.has_words = config.word_dim > 0
         if self.has_words:
             self.word_embedding = nn.EmbeddingBag(num_words, config.word_dim, mode="sum", padding_idx=0, sparse=True)
-            nn.init.normal_(self.word_embedding.weight, std=config.embedding_init_std)
-            with torch.no_grad():
-                self.word_embedding.weight[0].zero_()
+            init_table(self.word_embedding, config.embedding_init_std)
         input_dim = config.char_dim + 2 * config.bigram_dim + config.lexicon_dim + 4 * config.word_dim
         rnn_class = nn.LSTM if config.cell == "lstm" else nn.GRU
         self.rnn = rnn_class(
