@@ -19,6 +19,7 @@ import torch
 from tqdm import tqdm
 
 from app.settings import get_settings
+from model.artifact import PRECISIONS
 from model.lexicon import Lexicon
 from model.tagger import TASKS, Tagger, check_tasks
 
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", help="write JSONL here (default: stdout)")
     parser.add_argument("--model", default=settings.model_path, help="bundle folder (default: NER_MODEL_PATH or the shipped model)")
     parser.add_argument("--device", default=settings.device, help="auto, cpu or cuda")
-    parser.add_argument("--precision", default=settings.precision, choices=["fp32", "int8"], help="int8: quantised, CPU only")
+    parser.add_argument("--precision", default=settings.precision, choices=list(PRECISIONS), help="int8: quantised, CPU only; fp16: for CUDA")
     parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated subset of seg,pos,ner")
     parser.add_argument("--user-dict", default=settings.user_dict, help="user dictionary: word [freq] [pos] per line")
     parser.add_argument("--batch-size", type=int, default=256, help="texts per batch")

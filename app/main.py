@@ -136,8 +136,9 @@ class RequestMetrics:
 
 
 def describe_device(tagger: Tagger) -> str:
-    """"cpu", "cuda:0", or "cpu-int8" when quantised: the device label of ner_model_info."""
-    return f"{tagger.device}-int8" if tagger.precision == "int8" else str(tagger.device)
+    """"cpu", "cuda", or with the precision when it is not fp32 ("cpu-int8", "cuda-fp16"): the
+    device label of ner_model_info."""
+    return str(tagger.device) if tagger.precision == "fp32" else f"{tagger.device}-{tagger.precision}"
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -20,8 +20,11 @@ class Settings(BaseSettings):
     model_path: str = Field(DEFAULT_MODEL, description="Bundle folder (network.pt + metadata.json).")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # int8 ran 1.29x faster in-process than fp32 on the 2-core benchmark machine (best batch
-    # each) and moved every test F1 by at most 0.0003 (model card); CUDA always runs fp32.
-    precision: Literal["fp32", "int8"] = Field("int8", description="int8: dynamic quantisation on the CPU; fp32: the exported weights as they are.")
+    # each) and moved every test F1 by at most 0.0003 (model card). On CUDA int8 means fp32;
+    # fp16 gave the same test F1 on an H200 but no speed-up (README, Performance).
+    precision: Literal["fp32", "int8", "fp16"] = Field(
+        "int8", description="int8: dynamic quantisation on the CPU (fp32 on CUDA); fp16: half-precision encoder, for CUDA; fp32: the weights as exported."
+    )
     torch_threads: int = Field(1, ge=1, description="Intra-op threads of the inference thread; 1 avoids oversubscription.")
     # The event loop and the inference thread share the GIL. The model thread gives it up at
     # every numpy/torch call and must win it back from the busy event loop, which by default

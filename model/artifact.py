@@ -93,7 +93,7 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> tuple[t
     return network, metadata
 
 
-PRECISIONS = ("fp32", "int8")
+PRECISIONS = ("fp32", "int8", "fp16")
 
 
 def quantise(network: torch.jit.ScriptModule, metadata: dict[str, Any]) -> torch.jit.ScriptModule:
@@ -110,6 +110,21 @@ def quantise(network: torch.jit.ScriptModule, metadata: dict[str, Any]) -> torch
         quantised = torch.ao.quantization.quantize_dynamic(eager, {torch.nn.LSTM, torch.nn.GRU, torch.nn.Linear}, dtype=torch.qint8)
         scripted = torch.jit.script(quantised)
     return scripted.eval()
+
+
+def half_precision(network: torch.jit.ScriptModule, metadata: dict[str, Any], device: str | torch.device) -> torch.jit.ScriptModule:
+    """A copy for the GPU whose embeddings, dictionary projection and RNN run in fp16; the
+    heads and CRFs stay fp32 (TaggerNetwork.encode hands them fp32 states). Scripted again
+    from the current code at load time, as `quantise` does."""
+    eager = build_network(metadata)
+    eager.load_state_dict(network.state_dict())
+    eager.eval()
+    encoder = [eager.char_embedding, eager.bigram_embedding, eager.lexicon_projection, eager.rnn]
+    if eager.has_words:
+        encoder.append(eager.word_embedding)
+    for module in encoder:
+        module.half()
+    return torch.jit.script(eager.to(device)).eval()
 
 
 def reexport(path: str | Path) -> list[str]:

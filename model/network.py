@@ -129,15 +129,21 @@ class TaggerNetwork(nn.Module):
         right = self.bigram_embedding(bigrams)
         first = self.bigram_embedding(torch.full_like(bigrams[:, :1], self.bos_bigram))
         left = torch.cat([first, right[:, :-1]], dim=1)
-        parts = [self.char_embedding(chars), left, right, torch.relu(self.lexicon_projection(lexicon))]
+        # The float inputs follow the encoder's dtype (fp16 on a GPU), read off the character
+        # table: an int8 network's linear layers have no weight attribute.
+        dtype = self.char_embedding.weight.dtype
+        parts = [self.char_embedding(chars), left, right, torch.relu(self.lexicon_projection(lexicon.to(dtype)))]
         if self.has_words:
             assert words is not None and word_weights is not None, "this network needs words and word_weights"
             # SoftLexicon: each set's weighted sum of word vectors, the 4 sets side by side (one
             # bag per set: half the time of gathering all K vectors and summing them)
-            pooled = self.word_embedding(words.flatten(0, 2), per_sample_weights=word_weights.flatten(0, 2))
+            weights = word_weights.flatten(0, 2).to(dtype)
+            pooled = self.word_embedding(words.flatten(0, 2), per_sample_weights=weights)
             parts.append(pooled.view(words.shape[0], words.shape[1], -1))
         inputs = torch.cat(parts, dim=2)
-        return self.dropout(self.contextualise(self.dropout(inputs), lengths))
+        # A half-precision encoder (fp16) feeds heads and CRFs that stay in fp32: Viterbi sums
+        # scores over a whole sentence, too coarse in fp16. For an fp32 encoder this is no copy.
+        return self.dropout(self.contextualise(self.dropout(inputs), lengths).float())
 
     def contextualise(self, inputs: Tensor, lengths: Tensor) -> Tensor:
         """The BiRNN over padded `inputs` (B, T, D), each sequence read only up to its length,

@@ -21,8 +21,17 @@ def tagger(shipped_bundle):
     return Tagger.load(shipped_bundle, "cpu")
 
 
+@pytest.fixture(scope="module")
+def fp16_tagger(shipped_bundle):
+    """The GPU option, run on the CPU: the same half-precision arithmetic, only slower."""
+    return Tagger.load(shipped_bundle, "cpu", precision="fp16")
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
 @pytest.mark.parametrize("corpus", ["msra-test", "pd98-test"])
-def test_sample_figures_match_the_model_card(tagger, shipped_bundle, corpus):
+def test_sample_figures_match_the_model_card(request, shipped_bundle, corpus, precision):
+    tagger = request.getfixturevalue("tagger" if precision == "fp32" else "fp16_tagger")
+    assert tagger.precision == precision
     recorded = read_metadata(shipped_bundle)["evaluation"][f"{corpus}-sample{SAMPLE_SIZE}"]["model"]
     examples = sample(load_corpus(corpus), SAMPLE_SIZE)
     measured = score(examples, tagger.tag([e.text for e in examples]))

@@ -7,6 +7,7 @@ import shutil
 import jieba
 import jieba.posseg
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -130,6 +131,17 @@ def test_int8_precision_loads_and_tags(tiny_bundle, tagger):
         Tagger.load(tiny_bundle, "cpu", precision="fp8")
 
 
+def test_fp16_runs_the_encoder_in_half_precision_and_decodes_in_fp32(tiny_bundle, tagger):
+    half = Tagger.load(tiny_bundle, "cpu", precision="fp16")
+    assert half.precision == "fp16"
+    dtypes = {name: tensor.dtype for name, tensor in half.network.state_dict().items()}
+    assert dtypes["char_embedding.weight"] == dtypes["rnn.weight_hh_l0"] == torch.float16
+    assert dtypes["ner_head.weight"] == dtypes["ner_crf.transitions"] == torch.float32
+    texts = ["江泽民在北京大学发表讲话。", "", "iPhone 15 售价 5999 元！", "字" * 400]
+    for result in half.tag(texts, batch_size=2):
+        assert_offsets(result)
+
+
 @pytest.fixture(scope="module")
 def word_vector_bundle(tmp_path_factory):
     """The tiny recipe with SoftLexicon word vectors (network.word_dim), trained for real."""
@@ -146,7 +158,7 @@ def test_a_bundle_with_word_vectors_tags_in_both_precisions(word_vector_bundle):
     assert len(metadata["vocab"]["words"]) > 1000
     texts = ["中共中央总书记、国家主席江泽民发表1998年新年讲话。", "", "iPhone 15 售价 5999 元！", "字" * 400]
     results = {}
-    for precision in ("fp32", "int8"):
+    for precision in ("fp32", "int8", "fp16"):
         tagger = Tagger.load(word_vector_bundle, "cpu", precision=precision)
         results[precision] = tagger.tag(texts, batch_size=2)
         for result in results[precision]:

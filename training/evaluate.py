@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from model.artifact import PRECISIONS
 from model.tagger import Entity, Tagger, TagResult, Token
 from training.corpora import Example, load_corpus
 from training.scoring import oov_recall, span_scores, untyped
@@ -125,16 +126,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-jieba", action="store_true", help="skip the jieba baseline")
     parser.add_argument("--json", help="where to write the JSON report")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "int8"], help="int8: dynamic quantisation (CPU)")
+    parser.add_argument("--precision", default="fp32", choices=list(PRECISIONS), help="int8: dynamic quantisation (CPU); fp16: half-precision encoder (CUDA)")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: CUDA when available")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    tagger = Tagger.load(args.model, precision=args.precision)
+    tagger = Tagger.load(args.model, args.device, precision=args.precision)
     examples = load_corpus(args.corpus, args.format)
     if args.sample:
         examples = sample(examples, args.sample)
     train_words = training_words() if any(e.words is not None for e in examples) else None
-    report = {"bundle": args.model, "model_name": tagger.name, "model_version": tagger.version, "precision": tagger.precision, "corpus": args.corpus, "sample": args.sample or None}
+    report = {"bundle": args.model, "model_name": tagger.name, "model_version": tagger.version, "precision": tagger.precision, "device": str(tagger.device), "corpus": args.corpus, "sample": args.sample or None}
     report.update(evaluate(tagger, examples, not args.no_jieba, train_words))
     print(format_table(report))
     out = Path(args.json or f"eval-{Path(args.corpus).name}.json")
