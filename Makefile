@@ -7,7 +7,7 @@ CONFIG ?= training/configs/default.toml
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: venv serve test train evaluate bench lint clean
+.PHONY: venv serve test train evaluate bench bench-gpu lint clean
 
 venv: $(VENV)/.installed
 
@@ -37,6 +37,10 @@ bench: venv
 	$(BIN)/python -m bench.throughput --model $(MODEL) --precision int8 --out bench/results/inprocess-int8.json
 	$(BIN)/python -m bench.http_load --model $(MODEL)
 	$(BIN)/python -m bench.report
+
+# On a machine with an NVIDIA GPU, a CUDA build of torch and wrk (the venv's CPU torch will not do).
+bench-gpu: venv
+	PYTHON=$(BIN)/python MODEL=$(MODEL) bash bench/gpu.sh
 
 lint: venv
 	$(BIN)/ruff check .

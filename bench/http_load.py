@@ -1,6 +1,7 @@
 """HTTP load: a real server on localhost, async clients, batching on and off, in one run.
 
     python -m bench.http_load [--duration 10] [--concurrency 1,8,64,256] [--out bench/results/http.json]
+    python -m bench.http_load --device cuda --precision fp16 --servers on,off --out bench/results/gpu-http.json
 
 For each server configuration (dynamic batching on, then off = max batch size 1, then
 on with two uvicorn workers) `ner-serve` is started on a free port; for each request
@@ -9,12 +10,17 @@ concurrency level, that many clients send requests back to back for `--duration`
 seconds. Sentences are msra-test sentences, cycled. Client and server share the
 machine, as they would on a one-box deployment. The load generator is wrk (Debian
 package `wrk`): a Python client would spend more CPU per request than the server does.
+
+Then, with batching on, each request shape is sent at half the peak request rate
+measured above: the latency a service sees at half of its capacity. wrk paces it with
+many connections that each wait a random think time between requests.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -34,6 +40,13 @@ from training.corpora import load_corpus
 DEFAULT_OUT = Path("bench/results/http.json")
 WRK_SCRIPT = Path(__file__).with_name("wrk_tag.lua")
 READY_TIMEOUT_S = 120
+# name -> (NER_* settings, workers, request shapes); batching off is max batch size 1
+SERVERS: dict[str, tuple[dict[str, str], int, tuple[int, ...]]] = {
+    "on": ({}, 1, (1, 32)),
+    "off": ({"NER_MAX_BATCH_SENTENCES": "1"}, 1, (1,)),
+    "2workers": ({}, 2, (1,)),
+}
+SERVER_NAMES = {"on": "batching on", "off": "batching off", "2workers": "batching on, 2 workers"}
 
 
 @contextmanager
@@ -64,9 +77,22 @@ def server(model: str, env: dict[str, str], log: Path, workers: int = 1) -> Iter
         yield process, url
 
 
-def queue_capacity(url: str) -> float:
+def gauge(url: str, name: str) -> float:
+    """A gauge's value from the server's /metrics (0 when absent)."""
     text = httpx.get(f"{url}/metrics", timeout=10).text
-    return next((float(line.split()[1]) for line in text.splitlines() if line.startswith("ner_queue_capacity ")), 0.0)
+    return next((float(line.split()[1]) for line in text.splitlines() if line.startswith(f"{name} ")), 0.0)
+
+
+def queue_capacity(url: str) -> float:
+    return gauge(url, "ner_queue_capacity")
+
+
+def wait_until_drained(url: str, timeout: float = 120) -> None:
+    """Wait until the batching queue is empty: after an overload point the server still holds
+    the requests wrk gave up on, and the next point must not start behind them."""
+    deadline = time.monotonic() + timeout
+    while gauge(url, "ner_queue_depth") > 0 and time.monotonic() < deadline:
+        time.sleep(0.2)
 
 
 def worker_pids(process: subprocess.Popen) -> list[int]:
@@ -76,9 +102,11 @@ def worker_pids(process: subprocess.Popen) -> list[int]:
     return workers or [process.pid]
 
 
-def load(url: str, bodies_file: Path, concurrency: int, duration: float, sentences: int, characters: float) -> dict:
-    """wrk with `concurrency` connections, each sending the next body as soon as its answer came."""
-    command = ["wrk", "-t", "1", "-c", str(concurrency), "-d", f"{max(1, round(duration))}s", "--timeout", "60s", "-s", str(WRK_SCRIPT), url, "--", str(bodies_file)]
+def load(url: str, bodies_file: Path, concurrency: int, duration: float, sentences: int, characters: float, think_ms: float = 0.0) -> dict:
+    """wrk with `concurrency` connections, each sending the next body as soon as its answer
+    came, or after a random think time of mean `think_ms`."""
+    wait_until_drained(url)
+    command = ["wrk", "-t", "1", "-c", str(concurrency), "-d", f"{max(1, round(duration))}s", "--timeout", "60s", "-s", str(WRK_SCRIPT), url, "--", str(bodies_file), str(think_ms)]
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     summary = json.loads(next(line for line in output.splitlines() if line.startswith("WRKJSON "))[8:])
     errors = {k: summary[k] for k in ("status_errors", "connect_errors", "read_errors", "write_errors", "timeouts") if summary[k]}
@@ -97,14 +125,36 @@ def load(url: str, bodies_file: Path, concurrency: int, duration: float, sentenc
     }
 
 
+def paced_load(url: str, bodies_file: Path, rate: float, duration: float, sentences: int, characters: float) -> dict:
+    """About `rate` requests/s: wrk connections that each wait a random (exponential) think
+    time between an answer and the next request, so arrivals are near Poisson and the load
+    barely depends on the server's latency while that is short next to the think time. The
+    mean think time is 0.5 s (from 2 to 512 connections): long enough for that, and short next to
+    uvicorn's 5 s keep-alive, which closes idle connections (wrk counts those as read errors)."""
+    connections = min(512, max(2, math.ceil(rate / 2)))
+    duration = min(3 * duration, max(duration, 300 / rate))  # at low rates, more time for enough requests for a p99
+    point = load(url, bodies_file, connections, duration, sentences, characters, think_ms=connections / rate * 1000)
+    point["target_requests_per_second"] = rate
+    point["requests_per_second"] = point["sentences_per_second"] / sentences
+    return point
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="model/artifacts/default")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per measured point")
     parser.add_argument("--concurrency", default="1,8,64,256")
+    parser.add_argument("--servers", default=",".join(SERVERS), help=f"which of {list(SERVERS)} to run")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="the server's NER_DEVICE")
+    parser.add_argument("--precision", default="int8", choices=["fp32", "int8", "fp16"], help="the server's NER_PRECISION")
+    parser.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE", help="another NER_* setting for every server")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
     levels = [int(c) for c in args.concurrency.split(",")]
+    servers = args.servers.split(",")
+    if unknown := set(servers) - set(SERVERS):
+        parser.error(f"unknown server(s) {sorted(unknown)}; choose from {list(SERVERS)}")
+    common_env = {"NER_DEVICE": args.device, "NER_PRECISION": args.precision, **dict(item.split("=", 1) for item in args.server_env)}
     if shutil.which("wrk") is None:
         parser.error("wrk is not installed: apt-get install wrk")
     sentences = [e.text for e in load_corpus("msra-test")]
@@ -116,15 +166,11 @@ def main(argv: list[str] | None = None) -> int:
         path.write_text("\n".join(json.dumps({"texts": g}, ensure_ascii=False) for g in groups) + "\n", encoding="utf-8")
         shapes[per_request] = (path, sum(len(t) for g in groups for t in g) / len(groups))
 
-    report: dict = {"duration_per_point_s": args.duration, "runs": []}
-    # (name, NER_* settings, workers, request shapes): batching off is max batch size 1.
-    configurations = [
-        ("batching on", {}, 1, (1, 32)),
-        ("batching off", {"NER_MAX_BATCH_SENTENCES": "1"}, 1, (1,)),
-        ("batching on, 2 workers", {}, 2, (1,)),
-    ]
-    for name, env, workers, request_shapes in configurations:
-        with server(args.model, env, workdir / "server.log", workers) as (process, url):
+    report: dict = {"duration_per_point_s": args.duration, "device": args.device, "precision": args.precision, "server_env": common_env, "runs": [], "half_peak": []}
+    for key in servers:
+        env, workers, request_shapes = SERVERS[key]
+        name = SERVER_NAMES[key]
+        with server(args.model, {**common_env, **env}, workdir / "server.log", workers) as (process, url):
             load(url, shapes[1][0], 4, 2.0, 1, shapes[1][1])  # warm-up
             for per_request in request_shapes:
                 for concurrency in levels:
@@ -136,12 +182,22 @@ def main(argv: list[str] | None = None) -> int:
                         f"p50 {point['p50_ms']:7.1f} p95 {point['p95_ms']:7.1f} p99 {point['p99_ms']:7.1f} ms errors {point['errors']}",
                         file=sys.stderr,
                     )
+                if key == "on":
+                    peak = max(r["sentences_per_second"] / per_request for r in report["runs"] if r["server"] == name and r["sentences_per_request"] == per_request)
+                    point = paced_load(url, shapes[per_request][0], peak / 2, args.duration, per_request, shapes[per_request][1])
+                    point.update({"server": name, "sentences_per_request": per_request, "peak_requests_per_second": peak})
+                    report["half_peak"].append(point)
+                    print(
+                        f"{name:22s} {per_request:2d} sent/req paced at half of peak ({peak / 2:.0f} of {peak:.0f} req/s): {point['chars_per_second']:9.0f} chars/s "
+                        f"p50 {point['p50_ms']:7.1f} p95 {point['p95_ms']:7.1f} p99 {point['p99_ms']:7.1f} ms errors {point['errors']}",
+                        file=sys.stderr,
+                    )
             report.setdefault("server_rss_mb", {})[name] = [rss_mb(pid) for pid in worker_pids(process)]
 
     def figure(name: str, per_request: int, concurrency: int) -> float:
         return next(r["chars_per_second"] for r in report["runs"] if (r["server"], r["sentences_per_request"], r["concurrency"]) == (name, per_request, concurrency))
 
-    if 64 in levels:
+    if 64 in levels and {"on", "off"} <= set(servers):
         report["batching_ratio_c64"] = figure("batching on", 1, 64) / figure("batching off", 1, 64)
         print(f"batching on / off at concurrency 64, 1 sentence per request: {report['batching_ratio_c64']:.2f}x", file=sys.stderr)
     print(f"server RSS after the benchmark: {report['server_rss_mb']}", file=sys.stderr)

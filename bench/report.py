@@ -1,19 +1,27 @@
-"""Turn the benchmark JSON files into a Markdown table and two plots.
+"""Turn the benchmark JSON files into Markdown tables and plots.
 
-    python -m bench.report    # reads bench/results/{inprocess,http}.json, writes RESULTS.md and PNGs there
+    python -m bench.report [--results bench/results]
+                              # reads inprocess*.json and http.json there (and gpu/*.json from
+                              # bench/gpu.sh, if any), writes RESULTS.md and PNGs there
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
 RESULTS = Path("bench/results")
 
 
+def machine(data: dict) -> str:
+    device = data.get("device", "cpu")
+    return data["cpu"] if device == "cpu" else f"{device} (peers on one core of the {data['cpu']} CPU)"
+
+
 def inprocess_table(data: dict) -> list[str]:
     lines = [
-        f"In-process, {data.get('precision', 'fp32')}, {data['sentences']} msra-test sentences ({data['characters']} characters), {data['threads']} thread(s), {data['cpu']}:",
+        f"In-process, {data.get('precision', 'fp32')}, {data['sentences']} msra-test sentences ({data['characters']} characters), {data['threads']} thread(s), {machine(data)}:",
         "",
         "| system | what it computes | batch | chars/s | ours ÷ it |",
         "| --- | --- | --- | --- | --- |",
@@ -27,7 +35,9 @@ def inprocess_table(data: dict) -> list[str]:
         else:
             lines.append(f"| {name} | | | skipped: {figure['skipped']} | |")
     lines += ["", f"Ours = best seg+pos+ner figure ({best:,.0f} chars/s). Peak RSS of the in-process run (ours only): {data['ours_peak_rss_mb']:.0f} MB."]
-    if "arrival_order" in data:
+    if "ours_peak_gpu_memory_mb" in data:
+        lines.append(f"Peak GPU memory allocated by torch: {data['ours_peak_gpu_memory_mb']:.0f} MB.")
+    if data.get("arrival_order", {}).get("ratio_to_batch_1"):
         arrival = data["arrival_order"]
         lines.append(
             f"Batches as a server at {arrival['batch_size']} clients forms them ({arrival['batch_size']} consecutive sentences, lengths mixed): "
@@ -39,8 +49,10 @@ def inprocess_table(data: dict) -> list[str]:
 
 
 def http_table(data: dict, inprocess: dict | None) -> list[str]:
+    settings = ", ".join(f"{k}={v}" for k, v in data.get("server_env", {}).items() if k not in ("NER_DEVICE", "NER_PRECISION"))
+    where = f"device {data.get('device', 'auto')}, {data.get('precision', 'int8')}" + (f", {settings}" if settings else "")
     lines = [
-        f"HTTP, `ner-serve` on localhost (int8, 1 torch thread per worker), load generator (wrk) on the same machine, {data['duration_per_point_s']:.0f} s per point:",
+        f"HTTP, `ner-serve` on localhost ({where}; 1 torch thread per worker), load generator (wrk) on the same machine, {data['duration_per_point_s']:.0f} s per point:",
         "",
         "| server | sentences/request | concurrency | chars/s | sentences/s | p50 ms | p95 ms | p99 ms | errors |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
@@ -51,7 +63,15 @@ def http_table(data: dict, inprocess: dict | None) -> list[str]:
             f"| {run['server']} | {run['sentences_per_request']} | {run['concurrency']} | {run['chars_per_second']:,.0f} | {run['sentences_per_second']:,.0f} "
             f"| {run['p50_ms']:.1f} | {run['p95_ms']:.1f} | {run['p99_ms']:.1f} | {errors} |"
         )
+    for point in data.get("half_peak", []):
+        errors = ", ".join(f"{count} {kind.replace('_', ' ')}" for kind, count in point["errors"].items()) or "0"
+        lines.append(
+            f"| {point['server']}, at half of peak ({point['requests_per_second']:,.0f} of {point['peak_requests_per_second']:,.0f} requests/s) | {point['sentences_per_request']} | "
+            f"{point['concurrency']} paced | {point['chars_per_second']:,.0f} | {point['sentences_per_second']:,.0f} | {point['p50_ms']:.1f} | {point['p95_ms']:.1f} | {point['p99_ms']:.1f} | {errors} |"
+        )
     lines.append("")
+    if "note" in data:
+        lines.append(f"Note: {data['note']}")
     if "batching_ratio_c64" in data:
         lines.append(f"Batching on ÷ off at concurrency 64, one sentence per request: {data['batching_ratio_c64']:.2f}x.")
     if inprocess:
@@ -59,13 +79,14 @@ def http_table(data: dict, inprocess: dict | None) -> list[str]:
         for run in data["runs"]:
             if run["concurrency"] == 64 and run["sentences_per_request"] == 1 and run["server"] != "batching off":
                 ratio = run["chars_per_second"] / best
-                lines.append(f"HTTP ({run['server']}) ÷ in-process int8 best ({best:,.0f} chars/s) at concurrency 64, one sentence per request: {ratio:.2f}x.")
+                lines.append(f"HTTP ({run['server']}) ÷ in-process {inprocess['precision']} best ({best:,.0f} chars/s) at concurrency 64, one sentence per request: {ratio:.2f}x.")
     rss = "; ".join(f"{name}: " + ", ".join(f"{mb:.0f} MB" for mb in workers) for name, workers in data["server_rss_mb"].items())
     lines += [f"RSS of each server worker after the benchmark: {rss}.", ""]
     return lines
 
 
-def plots(inprocess: dict | None, quantised: dict | None, http: dict | None) -> None:
+def plots(folder: Path, inprocess: list[dict], http: list[dict], prefix: str = "", title: str = "") -> None:
+    """throughput_vs_batch.png from in-process reports, latency_vs_concurrency.png from HTTP ones."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -73,38 +94,75 @@ def plots(inprocess: dict | None, quantised: dict | None, http: dict | None) -> 
 
     if inprocess:
         fig, ax = plt.subplots(figsize=(6, 4))
-        for data in (inprocess, quantised):
-            for tasks in ("seg+pos+ner", "seg") if data else ():
+        for data in inprocess:
+            for tasks in ("seg+pos+ner", "seg"):
                 points = [(f["batch_size"], f["chars_per_second"]) for f in data["ours"].values() if f["tasks"] == tasks]
                 ax.plot(*zip(*points), marker="o", label=f"ours {data.get('precision', 'fp32')}, {tasks}")
-        for name, figure in inprocess["peers"].items():
+        for name, figure in inprocess[0]["peers"].items():
             if "chars_per_second" in figure:
                 ax.axhline(figure["chars_per_second"], linestyle="--", color="grey")
                 ax.annotate(name, (1, figure["chars_per_second"]), fontsize=8)
-        ax.set(xscale="log", xlabel="batch size (sentences)", ylabel="characters / s", title="In-process throughput")
+        ax.set(xscale="log", xlabel="batch size (sentences)", ylabel="characters / s", title=f"In-process throughput{title}")
         ax.legend()
         fig.tight_layout()
-        fig.savefig(RESULTS / "throughput_vs_batch.png", dpi=90)
+        fig.savefig(folder / f"{prefix}throughput_vs_batch.png", dpi=90, bbox_inches="tight")
         plt.close(fig)
     if http:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for server, per_request in {(r["server"], r["sentences_per_request"]) for r in http["runs"]}:
-            runs = sorted((r for r in http["runs"] if (r["server"], r["sentences_per_request"]) == (server, per_request)), key=lambda r: r["concurrency"])
-            for q, style in (("p50_ms", "-"), ("p99_ms", ":")):
-                ax.plot([r["concurrency"] for r in runs], [r[q] for r in runs], style, marker="o", label=f"{server}, {per_request}/req, {q[:3]}")
-        ax.set(xscale="log", yscale="log", xlabel="concurrent clients", ylabel="latency (ms)", title="HTTP latency percentiles")
-        ax.legend(fontsize=7)
+        fig, ax = plt.subplots(figsize=(6, 4) if len(http) == 1 else (9, 5))
+        for data in http:
+            large = ", large batches" if "NER_MAX_BATCH_SENTENCES" in data.get("server_env", {}) else ""
+            label = "" if len(http) == 1 else f"{data['precision']}{large}, "
+            for server, per_request in sorted({(r["server"], r["sentences_per_request"]) for r in data["runs"]}):
+                runs = sorted((r for r in data["runs"] if (r["server"], r["sentences_per_request"]) == (server, per_request)), key=lambda r: r["concurrency"])
+                for q, style in (("p50_ms", "-"), ("p99_ms", ":")):
+                    ax.plot([r["concurrency"] for r in runs], [r[q] for r in runs], style, marker="o", label=f"{label}{server}, {per_request}/req, {q[:3]}")
+        ax.set(xscale="log", yscale="log", xlabel="concurrent clients", ylabel="latency (ms)", title=f"HTTP latency percentiles{title}")
+        ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1)) if len(http) > 1 else ax.legend(fontsize=7)
         fig.tight_layout()
-        fig.savefig(RESULTS / "latency_vs_concurrency.png", dpi=90)
+        fig.savefig(folder / f"{prefix}latency_vs_concurrency.png", dpi=90, bbox_inches="tight")
         plt.close(fig)
 
 
-def main() -> int:
-    def read(name: str) -> dict | None:
-        path = RESULTS / name
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+def read(path: Path) -> dict | None:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
-    inprocess, quantised, http = read("inprocess.json"), read("inprocess-int8.json"), read("http.json")
+
+def accuracy_table(folder: Path) -> list[str]:
+    """Test-split F1 of each precision that bench/gpu.sh evaluated."""
+    lines = ["| precision | NER F1 (msra-test) | seg F1 (pd98-test) | OOV recall | POS F1 (pd98-test) |", "| --- | --- | --- | --- | --- |"]
+    for precision in ("fp32", "fp16"):
+        ner, words = read(folder / f"eval-msra-test-{precision}.json"), read(folder / f"eval-pd98-test-{precision}.json")
+        if ner and words:
+            seg, pos = words["model"]["seg"], words["model"]["pos"]
+            lines.append(f"| {precision} | {ner['model']['ner']['f1']:.4f} | {seg['f1']:.4f} | {seg['oov_recall']:.4f} | {pos['f1']:.4f} |")
+    return lines + [""] if len(lines) > 2 else []
+
+
+def gpu_section(results: Path) -> list[str]:
+    """The figures of bench/gpu.sh, if it was run (results in RESULTS/gpu); plots beside them."""
+    folder = results / "gpu"
+    inprocess = [data for name in ("inprocess-fp32.json", "inprocess-fp16.json") if (data := read(folder / name))]
+    # the server defaults first, then larger batches in fp32, then in fp16
+    http = sorted((read(path) for path in folder.glob("http-*.json")), key=lambda data: (len(data.get("server_env", {})), data["precision"] == "fp16"))
+    if not inprocess and not http:
+        return []
+    card = (folder / "card.txt").read_text(encoding="utf-8").strip().replace("\n", "; ") if (folder / "card.txt").is_file() else "unknown"
+    lines = ["## GPU", "", f"Card: {card}. Reproduce: `make bench-gpu` (bench/gpu.sh) on a machine with a CUDA build of torch and wrk, then `python -m bench.report`.", ""]
+    lines += accuracy_table(folder)
+    for data in inprocess:
+        lines += inprocess_table(data)
+    for data in http:
+        lines += http_table(data, next((i for i in inprocess if i["precision"] == data["precision"]), None))
+    lines += ["![GPU throughput](gpu_throughput_vs_batch.png) ![GPU latency](gpu_latency_vs_concurrency.png)", ""]
+    plots(results, inprocess, http, "gpu_", " (GPU)")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    results = parser.parse_args(argv).results
+    inprocess, quantised, http = read(results / "inprocess.json"), read(results / "inprocess-int8.json"), read(results / "http.json")
     lines = ["# Benchmark results", "", "Reproduce: `make bench` (python -m bench.throughput; python -m bench.http_load; python -m bench.report).", ""]
     for data in (inprocess, quantised):
         if data:
@@ -112,8 +170,9 @@ def main() -> int:
     if http:
         lines += http_table(http, quantised)
     lines += ["![throughput](throughput_vs_batch.png) ![latency](latency_vs_concurrency.png)", ""]
-    (RESULTS / "RESULTS.md").write_text("\n".join(lines), encoding="utf-8")
-    plots(inprocess, quantised, http)
+    plots(results, [data for data in (inprocess, quantised) if data], [http] if http else [])
+    lines += gpu_section(results)
+    (results / "RESULTS.md").write_text("\n".join(lines), encoding="utf-8")
     print("\n".join(lines))
     return 0
 

@@ -1,11 +1,12 @@
 """In-process throughput: our Tagger by batch size, and peers on the same sentences.
 
     python -m bench.throughput [--limit N] [--threads 1] [--out bench/results/inprocess.json]
+    python -m bench.throughput --device cuda --precision fp16 --batch-sizes 1,32,128,512,2048 --out ...
 
 Sentences: msra-test (5,000 news sentences). Every system runs in this process, one
 after the other, at one thread each (torch intra-op threads, onnxruntime intra-op
 threads; jieba is single-threaded), so the ratios compare like with like on the same
-CPU. Figures are characters per second over the whole sentence list. The speed of a
+CPU. On CUDA only our tagger moves to the GPU; the peers stay on one CPU thread. Figures are characters per second over the whole sentence list. The speed of a
 shared VM drifts by tens of percent within minutes, so every system is timed in each of
 `--rounds` interleaved rounds and its best round counts (all rounds are in the JSON).
 """
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from model.artifact import PRECISIONS
 from model.tagger import Tagger
 from training.corpora import load_corpus
 
@@ -76,10 +78,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="model/artifacts/default")
     parser.add_argument("--limit", type=int, default=0, help="use the first N sentences (0 = all 5,000)")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "int8"])
+    parser.add_argument("--precision", default="fp32", choices=list(PRECISIONS))
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--batch-sizes", default=",".join(map(str, BATCH_SIZES)), help="comma-separated")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; each system's best round counts")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
+    batch_sizes = [int(size) for size in args.batch_sizes.split(",")]
     torch.set_num_threads(args.threads)
 
     sentences = [e.text for e in load_corpus("msra-test")]
@@ -94,19 +99,22 @@ def main(argv: list[str] | None = None) -> int:
         "precision": args.precision,
         "cpu": cpu_name(),
         "cores": len(__import__("os").sched_getaffinity(0)),
+        "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
         "torch": torch.__version__,
         "ours": {},
         "peers": {},
     }
 
-    tagger = Tagger.load(args.model, "cpu", precision=args.precision)
+    tagger = Tagger.load(args.model, args.device, precision=args.precision)
     tagger.tag(sentences[:64])  # warm-up: TorchScript profiling runs, jieba dictionary
-    tagger.tag(sentences, batch_size=max(BATCH_SIZES))  # the largest batches set our peak memory
+    tagger.tag(sentences, batch_size=max(batch_sizes))  # the largest batches set our peak memory
     report["ours_peak_rss_mb"] = peak_rss_mb()  # before any peer is loaded
+    if args.device == "cuda":
+        report["ours_peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
     # name -> (where it goes in the report, its description, the run)
     systems: dict[str, tuple[str, dict, Callable[[], object]]] = {}
     for tasks, label in ((("seg", "pos", "ner"), "seg+pos+ner"), (("seg",), "seg")):
-        for batch_size in BATCH_SIZES:
+        for batch_size in batch_sizes:
             run = lambda tasks=tasks, batch_size=batch_size: tagger.tag(sentences, tasks, batch_size=batch_size)  # noqa: E731
             systems[f"{label}@{batch_size}"] = ("ours", {"tasks": label, "batch_size": batch_size}, run)
 
@@ -140,13 +148,15 @@ def main(argv: list[str] | None = None) -> int:
             report[section][name] = {**description, "chars_per_second": max(rounds[name]), "rounds_chars_per_second": rounds[name]}
     report["rounds"] = args.rounds
     arrival = max(rounds["arrival"])
+    single = report["ours"].get("seg+pos+ner@1", {}).get("chars_per_second")
     report["arrival_order"] = {
         "batch_size": ARRIVAL_BATCH,
         "chars_per_second": arrival,
         "rounds_chars_per_second": rounds["arrival"],
-        "ratio_to_batch_1": arrival / report["ours"]["seg+pos+ner@1"]["chars_per_second"],
+        "ratio_to_batch_1": arrival / single if single else None,
     }
-    print(f"batches of {ARRIVAL_BATCH} in arrival order / batch 1: {report['arrival_order']['ratio_to_batch_1']:.2f}x", file=sys.stderr)
+    if single:
+        print(f"batches of {ARRIVAL_BATCH} in arrival order / batch 1: {arrival / single:.2f}x", file=sys.stderr)
 
     best = max(v["chars_per_second"] for v in report["ours"].values() if v["tasks"] == "seg+pos+ner")
     report["ours_best_full"] = best

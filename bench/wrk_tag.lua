@@ -1,13 +1,24 @@
 -- wrk script for POST /tag: cycles through request bodies (one JSON document per line of
--- the file given after `--`) and prints a machine-readable summary line at the end.
+-- the file given after `--`) and prints a machine-readable summary line at the end. An
+-- optional second argument is a mean think time in ms: each connection then waits a random
+-- (exponential) time before each request, which paces the load instead of saturating.
 local bodies = {}
 local position = 0
+local think_ms = 0
 
 init = function(args)
   for line in io.lines(args[1]) do
     bodies[#bodies + 1] = line
   end
   position = math.random(#bodies)
+  think_ms = tonumber(args[2] or "0") or 0
+end
+
+delay = function()
+  if think_ms <= 0 then
+    return 0
+  end
+  return math.floor(-think_ms * math.log(1 - math.random()))
 end
 
 request = function()

@@ -1,6 +1,7 @@
 """The benchmark scripts run end to end on a tiny model (figures are not checked: no timing in tests)."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -29,5 +30,25 @@ def test_http_load(tiny_bundle, tmp_path):
     report = json.loads(out.read_text())
     assert len(report["runs"]) == 8  # on: 2 shapes x 2 levels; off and 2 workers: 1 shape x 2 levels
     assert all(run["requests"] > 0 and not run["errors"] for run in report["runs"])
+    # batching on, each request shape again at half of its peak request rate
+    assert [point["sentences_per_request"] for point in report["half_peak"]] == [1, 32]
+    for point in report["half_peak"]:
+        assert point["requests"] > 0 and not point["errors"]
+        assert point["target_requests_per_second"] * 2 == pytest.approx(point["peak_requests_per_second"])
     assert report["batching_ratio_c64"] > 0
     assert [len(workers) for workers in report["server_rss_mb"].values()] == [1, 1, 2]
+
+
+def test_gpu_script_and_report_on_the_cpu(tiny_bundle, tmp_path):
+    """bench/gpu.sh's accuracy and in-process steps, tried out on the CPU on a few sentences,
+    then the GPU section of the report built from what they wrote."""
+    results = tmp_path / "results"
+    env = {**os.environ, "PYTHON": sys.executable, "MODEL": str(tiny_bundle), "RESULTS": str(results / "gpu"), "DEVICE": "cpu", "STEPS": "eval inprocess", "SAMPLE": "20", "LIMIT": "20"}
+    subprocess.run(["bash", "bench/gpu.sh"], cwd=ROOT, env=env, check=True, capture_output=True)
+    fp16 = json.loads((results / "gpu" / "inprocess-fp16.json").read_text())
+    assert fp16["precision"] == "fp16" and {f["batch_size"] for f in fp16["ours"].values()} == {32, 128, 512, 2048}
+    subprocess.run([sys.executable, "-m", "bench.report", "--results", str(results)], cwd=ROOT, check=True, capture_output=True)
+    markdown = (results / "RESULTS.md").read_text(encoding="utf-8")
+    assert "## GPU" in markdown
+    assert sum(line.startswith(("| fp32 | 0.", "| fp16 | 0.")) for line in markdown.splitlines()) == 2  # the accuracy rows
+    assert (results / "gpu_throughput_vs_batch.png").stat().st_size > 0

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# GPU figures: accuracy in fp32 and fp16, in-process throughput by batch size, and HTTP
+# (peak and p99 at half of peak load), all on CUDA. Needs a CUDA build of torch and wrk.
+#
+#   make bench-gpu                    # or: PYTHON=python3 bash bench/gpu.sh
+#
+# Settings (environment): PYTHON, MODEL, RESULTS (where the JSON files go), DURATION
+# (seconds per HTTP point), DEVICE (cuda; cpu only to try the script out), SAMPLE and
+# LIMIT (0 = full test splits / all 5,000 benchmark sentences; smaller for a dry run),
+# STEPS (which of "eval inprocess http" to run; all by default).
+# Each step runs even if one before it failed; the exit status says whether all passed.
+set -u
+PYTHON=${PYTHON:-.venv/bin/python}
+MODEL=${MODEL:-model/artifacts/default}
+RESULTS=${RESULTS:-bench/results/gpu}
+DURATION=${DURATION:-5}
+DEVICE=${DEVICE:-cuda}
+SAMPLE=${SAMPLE:-0}
+LIMIT=${LIMIT:-0}
+STEPS=${STEPS:-eval inprocess http}
+mkdir -p "$RESULTS"
+failed=0
+step() {
+    echo "+ $*" >&2
+    "$@" || { echo "FAILED ($?): $*" >&2; failed=1; }
+}
+
+if command -v nvidia-smi >/dev/null; then
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >"$RESULTS/card.txt"
+fi
+"$PYTHON" -c 'import platform, torch; print("torch", torch.__version__, "cuda", torch.version.cuda, "python", platform.python_version())' >>"$RESULTS/card.txt"
+
+# Accuracy: fp16 is only worth offering if it holds the fp32 figures.
+if [[ " $STEPS " == *" eval "* ]]; then
+    for precision in fp32 fp16; do
+        for corpus in msra-test pd98-test; do
+            step "$PYTHON" -m training.evaluate --model "$MODEL" --corpus "$corpus" --device "$DEVICE" --precision "$precision" \
+                --sample "$SAMPLE" --no-jieba --json "$RESULTS/eval-$corpus-$precision.json"
+        done
+    done
+fi
+
+# In-process: batch 1 (fp32) for the arrival-order ratio; large batches for the peak.
+if [[ " $STEPS " == *" inprocess "* ]]; then
+    step "$PYTHON" -m bench.throughput --model "$MODEL" --device "$DEVICE" --precision fp32 --rounds 1 --limit "$LIMIT" \
+        --batch-sizes 1,32,128,512,2048 --out "$RESULTS/inprocess-fp32.json"
+    step "$PYTHON" -m bench.throughput --model "$MODEL" --device "$DEVICE" --precision fp16 --rounds 1 --limit "$LIMIT" \
+        --batch-sizes 32,128,512,2048 --out "$RESULTS/inprocess-fp16.json"
+fi
+
+# HTTP: the defaults (fp32 on CUDA, batches of at most 64 sentences / 12,000 characters),
+# batching on and off; then the larger batches a GPU can use, in fp32 and in fp16.
+LARGE_BATCHES=(--server-env NER_MAX_BATCH_SENTENCES=512 --server-env NER_MAX_BATCH_CHARS=40000 --server-env NER_QUEUE_CAPACITY=16384)
+if [[ " $STEPS " == *" http "* ]]; then
+    step "$PYTHON" -m bench.http_load --model "$MODEL" --device "$DEVICE" --precision fp32 --servers on,off --duration "$DURATION" \
+        --out "$RESULTS/http-fp32.json"
+    for precision in fp32 fp16; do
+        step "$PYTHON" -m bench.http_load --model "$MODEL" --device "$DEVICE" --precision "$precision" --servers on --duration "$DURATION" \
+            "${LARGE_BATCHES[@]}" --out "$RESULTS/http-$precision-large-batches.json"
+    done
+fi
+exit $failed
