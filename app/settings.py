@@ -19,7 +19,7 @@ class Settings(BaseSettings):
 
     model_path: str = Field(DEFAULT_MODEL, description="Bundle folder (network.pt + metadata.json).")
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    # int8 ran 1.29x faster in-process than fp32 on the 2-core benchmark machine (best batch
+    # int8 ran 1.17x to 1.34x faster in-process than fp32 on the 2-core benchmark machine (best batch
     # each) and moved every test F1 by at most 0.0003 (model card). On CUDA int8 means fp32;
     # fp16 gave the same test F1 on an H200 but no speed-up (README, Performance).
     precision: Literal["fp32", "int8", "fp16"] = Field(

@@ -35,6 +35,7 @@ import httpx
 
 from app.settings import Settings
 from bench.processes import free_port, rss_mb, running
+from model.artifact import PRECISIONS
 from training.corpora import load_corpus
 
 DEFAULT_OUT = Path("bench/results/http.json")
@@ -146,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", default="1,8,64,256")
     parser.add_argument("--servers", default=",".join(SERVERS), help=f"which of {list(SERVERS)} to run")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="the server's NER_DEVICE")
-    parser.add_argument("--precision", default="int8", choices=["fp32", "int8", "fp16"], help="the server's NER_PRECISION")
+    parser.add_argument("--precision", default="int8", choices=list(PRECISIONS), help="the server's NER_PRECISION")
     parser.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE", help="another NER_* setting for every server")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)

@@ -6,8 +6,9 @@
 Sentences: msra-test (5,000 news sentences). Every system runs in this process, one
 after the other, at one thread each (torch intra-op threads, onnxruntime intra-op
 threads; jieba is single-threaded), so the ratios compare like with like on the same
-CPU. On CUDA only our tagger moves to the GPU; the peers stay on one CPU thread. Figures are characters per second over the whole sentence list. The speed of a
-shared VM drifts by tens of percent within minutes, so every system is timed in each of
+CPU. On CUDA only our tagger moves to the GPU; the peers stay on one CPU thread.
+Figures are characters per second over the whole sentence list. The speed of a shared VM
+drifts by tens of percent within minutes, so every system is timed in each of
 `--rounds` interleaved rounds and its best round counts (all rounds are in the JSON).
 """
 
