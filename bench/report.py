@@ -19,6 +19,10 @@ def machine(data: dict) -> str:
     return data["cpu"] if device == "cpu" else f"{device} (peers on one core of the {data['cpu']} CPU)"
 
 
+def format_errors(errors: dict[str, int]) -> str:
+    return ", ".join(f"{count} {kind.replace('_', ' ')}" for kind, count in errors.items()) or "0"
+
+
 def inprocess_table(data: dict) -> list[str]:
     lines = [
         f"In-process, {data.get('precision', 'fp32')}, {data['sentences']} msra-test sentences ({data['characters']} characters), {data['threads']} thread(s), {machine(data)}:",
@@ -58,16 +62,14 @@ def http_table(data: dict, inprocess: dict | None) -> list[str]:
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for run in data["runs"]:
-        errors = ", ".join(f"{count} {kind.replace('_', ' ')}" for kind, count in run["errors"].items()) or "0"
         lines.append(
             f"| {run['server']} | {run['sentences_per_request']} | {run['concurrency']} | {run['chars_per_second']:,.0f} | {run['sentences_per_second']:,.0f} "
-            f"| {run['p50_ms']:.1f} | {run['p95_ms']:.1f} | {run['p99_ms']:.1f} | {errors} |"
+            f"| {run['p50_ms']:.1f} | {run['p95_ms']:.1f} | {run['p99_ms']:.1f} | {format_errors(run['errors'])} |"
         )
     for point in data.get("half_peak", []):
-        errors = ", ".join(f"{count} {kind.replace('_', ' ')}" for kind, count in point["errors"].items()) or "0"
         lines.append(
             f"| {point['server']}, at half of peak ({point['requests_per_second']:,.0f} of {point['peak_requests_per_second']:,.0f} requests/s) | {point['sentences_per_request']} | "
-            f"{point['concurrency']} paced | {point['chars_per_second']:,.0f} | {point['sentences_per_second']:,.0f} | {point['p50_ms']:.1f} | {point['p95_ms']:.1f} | {point['p99_ms']:.1f} | {errors} |"
+            f"{point['concurrency']} paced | {point['chars_per_second']:,.0f} | {point['sentences_per_second']:,.0f} | {point['p50_ms']:.1f} | {point['p95_ms']:.1f} | {point['p99_ms']:.1f} | {format_errors(point['errors'])} |"
         )
     lines.append("")
     if "note" in data:
@@ -117,7 +119,8 @@ def plots(folder: Path, inprocess: list[dict], http: list[dict], prefix: str = "
                 for q, style in (("p50_ms", "-"), ("p99_ms", ":")):
                     ax.plot([r["concurrency"] for r in runs], [r[q] for r in runs], style, marker="o", label=f"{label}{server}, {per_request}/req, {q[:3]}")
         ax.set(xscale="log", yscale="log", xlabel="concurrent clients", ylabel="latency (ms)", title=f"HTTP latency percentiles{title}")
-        ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1)) if len(http) > 1 else ax.legend(fontsize=7)
+        outside = {"fontsize": 6, "loc": "upper left", "bbox_to_anchor": (1.01, 1)}  # many series: the legend beside the plot
+        ax.legend(**(outside if len(http) > 1 else {"fontsize": 7}))
         fig.tight_layout()
         fig.savefig(folder / f"{prefix}latency_vs_concurrency.png", dpi=90, bbox_inches="tight")
         plt.close(fig)

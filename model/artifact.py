@@ -96,15 +96,20 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> tuple[t
 PRECISIONS = ("fp32", "int8", "fp16")
 
 
+def eager_copy(network: torch.jit.ScriptModule, metadata: dict[str, Any]) -> torch.nn.Module:
+    """The bundle's weights in an eager TaggerNetwork of the current code, eval mode."""
+    eager = build_network(metadata)
+    eager.load_state_dict(network.state_dict())
+    return eager.eval()
+
+
 def quantise(network: torch.jit.ScriptModule, metadata: dict[str, Any]) -> torch.jit.ScriptModule:
     """An int8 copy for the CPU: dynamic quantisation of the RNN and linear layers
     (weights int8, activations quantised on the fly), scripted again. Done at load time,
     so a bundle ships one set of weights."""
     import warnings
 
-    eager = build_network(metadata)
-    eager.load_state_dict(network.state_dict())
-    eager.eval()
+    eager = eager_copy(network, metadata)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao's deprecation notice for eager-mode quantisation
         quantised = torch.ao.quantization.quantize_dynamic(eager, {torch.nn.LSTM, torch.nn.GRU, torch.nn.Linear}, dtype=torch.qint8)
@@ -116,9 +121,7 @@ def half_precision(network: torch.jit.ScriptModule, metadata: dict[str, Any], de
     """A copy for the GPU whose embeddings, dictionary projection and RNN run in fp16; the
     heads and CRFs stay fp32 (TaggerNetwork.encode hands them fp32 states). Scripted again
     from the current code at load time, as `quantise` does."""
-    eager = build_network(metadata)
-    eager.load_state_dict(network.state_dict())
-    eager.eval()
+    eager = eager_copy(network, metadata)
     encoder = [eager.char_embedding, eager.bigram_embedding, eager.lexicon_projection, eager.rnn]
     if eager.has_words:
         encoder.append(eager.word_embedding)
