@@ -81,6 +81,10 @@ def render_card(metadata: dict) -> str:
         f"- time: {training['minutes']:.1f} minutes, {training['epochs_run']} epochs (best: epoch {training['best_epoch']}), seed {training['seed']}",
         f"- torch {training['torch']}, git commit `{training['git_commit']}`, finished {training['finished']}",
         f"- config: `training/configs/{metadata['name']}.toml`",
+    ]
+    if config.get("ema_decay"):
+        lines.append(f"- weights: exponential moving average of the training weights (decay {config['ema_decay']} per batch), for dev selection and in the bundle")
+    lines += [
         "",
         "## Evaluation (full test splits; jieba on the same sentences in the same run)",
         "",
