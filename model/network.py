@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from model.crf import CRF, viterbi
 from model.schemes import PREFIXES, make_labels, split_label
@@ -121,44 +121,65 @@ class TaggerNetwork(nn.Module):
             raise ValueError("pos labels must be make_labels(types, outside=False)")
         self.num_pos_types = len(types)
 
-    def encode(self, chars: Tensor, bigrams: Tensor, lexicon: Tensor, lengths: Tensor, words: Tensor | None = None, word_weights: Tensor | None = None) -> Tensor:
-        """Hidden states (B, T, H) for padded inputs; `lengths` on the CPU is fastest. `words` and
-        `word_weights` (B, T, 4, K) are needed when the network has word vectors."""
+    def packed_positions(self, lengths: Tensor, batch: int, steps: int, device: torch.device) -> PackedSequence:
+        """Each real position's flat index into (B * T), packed as pack_padded_sequence packs:
+        the embeddings, the RNN and the heads then run on real positions only (in a server's
+        batches, mixed lengths in arrival order, most of a padded (B, T) grid is padding)."""
+        flat = torch.arange(batch * steps, device=device).view(batch, steps)
+        return pack_padded_sequence(flat, lengths.cpu(), batch_first=True, enforce_sorted=False)
+
+    def encode(self, chars: Tensor, bigrams: Tensor, lexicon: Tensor, lengths: Tensor, words: Tensor | None = None, word_weights: Tensor | None = None) -> PackedSequence:
+        """Hidden states of the real positions of padded inputs, packed (`data` is (N, H));
+        `unpack` turns per-position scores back into (B, T, L). `words` and `word_weights`
+        (B, T, 4, K) are needed when the network has word vectors."""
+        batch, steps = chars.shape
+        positions = self.packed_positions(lengths, batch, steps, chars.device)
+        rows = positions.data
         # The bigram ending at each position is the one starting at the previous position
-        # (<bos> at the first): one lookup serves both sides.
-        right = self.bigram_embedding(bigrams)
-        first = self.bigram_embedding(torch.full_like(bigrams[:, :1], self.bos_bigram))
-        left = torch.cat([first, right[:, :-1]], dim=1)
+        # (<bos> at the first).
+        left_bigrams = torch.cat([torch.full_like(bigrams[:, :1], self.bos_bigram), bigrams[:, :-1]], dim=1)
         # The float inputs follow the encoder's dtype (fp16 on a GPU), read off the character
         # table: an int8 network's linear layers have no weight attribute.
         dtype = self.char_embedding.weight.dtype
-        parts = [self.char_embedding(chars), left, right, torch.relu(self.lexicon_projection(lexicon.to(dtype)))]
+        parts = [
+            self.char_embedding(chars.reshape(-1)[rows]),
+            self.bigram_embedding(left_bigrams.reshape(-1)[rows]),
+            self.bigram_embedding(bigrams.reshape(-1)[rows]),
+            torch.relu(self.lexicon_projection(lexicon.reshape(batch * steps, -1)[rows].to(dtype))),
+        ]
         if self.has_words:
             assert words is not None and word_weights is not None, "this network needs words and word_weights"
             # SoftLexicon: each set's weighted sum of word vectors, the 4 sets side by side (one
             # bag per set: half the time of gathering all K vectors and summing them)
-            weights = word_weights.flatten(0, 2).to(dtype)
-            pooled = self.word_embedding(words.flatten(0, 2), per_sample_weights=weights)
-            parts.append(pooled.view(words.shape[0], words.shape[1], -1))
-        inputs = torch.cat(parts, dim=2)
+            sets = words.shape[2] * words.shape[3]
+            real_words = words.reshape(batch * steps, sets)[rows].view(-1, words.shape[3])
+            weights = word_weights.reshape(batch * steps, sets)[rows].view(-1, words.shape[3]).to(dtype)
+            pooled = self.word_embedding(real_words, per_sample_weights=weights)
+            parts.append(pooled.view(rows.shape[0], -1))
+        inputs = self.dropout(torch.cat(parts, dim=1))
+        hidden = self.contextualise(PackedSequence(inputs, positions.batch_sizes, positions.sorted_indices, positions.unsorted_indices))
         # A half-precision encoder (fp16) feeds heads and CRFs that stay in fp32: Viterbi sums
         # scores over a whole sentence, too coarse in fp16. For an fp32 encoder this is no copy.
-        return self.dropout(self.contextualise(self.dropout(inputs), lengths).float())
+        return PackedSequence(self.dropout(hidden.data.float()), hidden.batch_sizes, hidden.sorted_indices, hidden.unsorted_indices)
 
-    def contextualise(self, inputs: Tensor, lengths: Tensor) -> Tensor:
-        """The BiRNN over padded `inputs` (B, T, D), each sequence read only up to its length,
-        the two directions merged as configured (padding positions are zero)."""
-        packed = pack_padded_sequence(inputs, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        output, _ = self.rnn(packed)
-        hidden, _ = pad_packed_sequence(output, batch_first=True, total_length=inputs.shape[1])
-        forward_half, backward_half = hidden[..., : self.hidden_size], hidden[..., self.hidden_size :]
+    def contextualise(self, inputs: PackedSequence) -> PackedSequence:
+        """The BiRNN over packed inputs, the two directions merged as configured."""
+        output, _ = self.rnn(inputs)
+        hidden = output.data
+        forward_half, backward_half = hidden[:, : self.hidden_size], hidden[:, self.hidden_size :]
         if self.merge == "sum":
             hidden = forward_half + backward_half
         elif self.merge == "mul":
             hidden = forward_half * backward_half
         elif self.merge == "ave":
             hidden = (forward_half + backward_half) / 2
-        return hidden
+        return PackedSequence(hidden, output.batch_sizes, output.sorted_indices, output.unsorted_indices)
+
+    def unpack(self, scores: Tensor, like: PackedSequence, steps: int) -> Tensor:
+        """Per-position `scores` (N, L), packed as `like`, as a padded (B, steps, L) tensor
+        (zeros past each length)."""
+        packed = PackedSequence(scores, like.batch_sizes, like.sorted_indices, like.unsorted_indices)
+        return pad_packed_sequence(packed, batch_first=True, total_length=steps)[0]
 
     def forward(
         self,
@@ -174,18 +195,21 @@ class TaggerNetwork(nn.Module):
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Decoded label ids (B, T) for seg, pos and ner; an empty tensor for a head not wanted."""
         hidden = self.encode(chars, bigrams, lexicon, lengths, words, word_weights)
+        steps = chars.shape[1]
         empty = torch.zeros(0, dtype=torch.long, device=chars.device)
         seg, pos, ner = empty, empty, empty
-        if (want_seg or want_pos) and want_ner:
-            seg, ner = self.decode_seg_and_ner(self.seg_head(hidden), self.ner_head(hidden), lengths)
-        elif want_seg or want_pos:
-            seg = self.seg_crf.viterbi(self.seg_head(hidden), lengths)
+        if want_seg or want_pos:
+            seg_scores = self.unpack(self.seg_head(hidden.data), hidden, steps)
+            if want_ner:
+                seg, ner = self.decode_seg_and_ner(seg_scores, self.unpack(self.ner_head(hidden.data), hidden, steps), lengths)
+            else:
+                seg = self.seg_crf.viterbi(seg_scores, lengths)
         elif want_ner:
-            ner = self.ner_crf.viterbi(self.ner_head(hidden), lengths)
+            ner = self.ner_crf.viterbi(self.unpack(self.ner_head(hidden.data), hidden, steps), lengths)
         if want_pos:
             # Raw scores, not log-probabilities: a character's log-softmax normaliser is the same
             # for every tag, so it cannot change which tag a word's summed scores prefer.
-            pos = self.tag_words(self.pos_head(hidden), seg, lengths)
+            pos = self.tag_words(self.unpack(self.pos_head(hidden.data), hidden, steps), seg, lengths)
         return seg, pos, ner
 
     def decode_seg_and_ner(self, seg_scores: Tensor, ner_scores: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
@@ -250,12 +274,14 @@ class TaggerNetwork(nn.Module):
         if words is not None and self.unk_dropout > 0:
             words = self.hide_ids(words)
         hidden = self.encode(chars, bigrams, lexicon, lengths, words, word_weights)
-        mask = torch.arange(chars.shape[1], device=chars.device).unsqueeze(0) < lengths.to(chars.device).unsqueeze(1)
+        steps = chars.shape[1]
+        mask = torch.arange(steps, device=chars.device).unsqueeze(0) < lengths.to(chars.device).unsqueeze(1)
         losses: dict[str, Tensor] = {}
         if seg is not None:
-            losses["seg"] = self.seg_crf.neg_log_likelihood(self.seg_head(hidden), seg, mask)
+            losses["seg"] = self.seg_crf.neg_log_likelihood(self.unpack(self.seg_head(hidden.data), hidden, steps), seg, mask)
         if pos is not None:
-            losses["pos"] = nn.functional.cross_entropy(self.pos_head(hidden)[mask], pos[mask], reduction="sum")
+            gold = pos.reshape(-1)[self.packed_positions(lengths, pos.shape[0], steps, pos.device).data]
+            losses["pos"] = nn.functional.cross_entropy(self.pos_head(hidden.data), gold, reduction="sum")
         if ner is not None:
-            losses["ner"] = self.ner_crf.neg_log_likelihood(self.ner_head(hidden), ner, mask)
+            losses["ner"] = self.ner_crf.neg_log_likelihood(self.unpack(self.ner_head(hidden.data), hidden, steps), ner, mask)
         return losses

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from torch.nn.utils.rnn import pack_padded_sequence
 
 from model.artifact import build_network, load_bundle
 from model.network import NetworkConfig, TaggerNetwork
@@ -54,8 +55,8 @@ def test_torchscript_equals_eager_with_word_vectors():
         for eager, exported in zip(eager_out, scripted(*inputs, True, True, True, words, weights)):
             assert torch.equal(eager, exported)
         # the word vectors are read: other words give other scores
-        hidden = network.encode(*inputs, words, weights)
-        assert not torch.equal(hidden, network.encode(*inputs, (words + 1) % 30, weights))
+        hidden = network.encode(*inputs, words, weights).data
+        assert not torch.equal(hidden, network.encode(*inputs, (words + 1) % 30, weights).data)
 
 
 def test_torchscript_equals_eager_on_real_sentences(tiny_bundle):
@@ -116,7 +117,8 @@ def test_rnn_matches_numpy_gate_equations(cell, reference, merge):
     inputs = torch.sin(torch.arange(2 * 6 * network.rnn.input_size, dtype=torch.float32)).reshape(2, 6, -1)
     lengths = torch.tensor([6, 4])
     with torch.no_grad():
-        hidden = network.contextualise(inputs, lengths).numpy()
+        packed = network.contextualise(pack_padded_sequence(inputs, lengths, batch_first=True, enforce_sorted=False))
+        hidden = network.unpack(packed.data, packed, inputs.shape[1]).numpy()
     for row, length in enumerate(lengths.tolist()):
         x = inputs[row, :length].numpy().astype(np.float64)
         forward = reference(x, weights["weight_ih_l0"], weights["weight_hh_l0"], weights["bias_ih_l0"], weights["bias_hh_l0"])
