@@ -133,6 +133,27 @@ def test_rnn_matches_numpy_gate_equations(cell, reference, merge):
         assert np.all(hidden[row, length:] == 0)
 
 
+@pytest.mark.parametrize("cell,layers", [("lstm", 1), ("gru", 2)])
+def test_a_sentence_is_tagged_the_same_alone_and_in_a_padded_batch(cell, layers):
+    """The encoder runs on real positions only: a sentence's scores and tags must not depend
+    on how much padding its batch companions add, nor on where in the batch it sits."""
+    network = small_network(cell=cell, num_layers=layers)
+    chars, bigrams, lexicon, lengths = random_batch(3, batch=6, steps=12)
+    with torch.no_grad():
+        batched = network(chars, bigrams, lexicon, lengths)
+        hidden = network.encode(chars, bigrams, lexicon, lengths)
+        scores = network.unpack(network.ner_head(hidden.data), hidden, chars.shape[1])
+        for row, n in enumerate(lengths.tolist()):
+            alone_inputs = (chars[row : row + 1, :n], bigrams[row : row + 1, :n], lexicon[row : row + 1, :n], lengths[row : row + 1])
+            alone = network(*alone_inputs)
+            for head_batched, head_alone in zip(batched, alone):
+                assert torch.equal(head_batched[row, :n], head_alone[0])
+            alone_hidden = network.encode(*alone_inputs)
+            alone_scores = network.unpack(network.ner_head(alone_hidden.data), alone_hidden, n)
+            torch.testing.assert_close(scores[row, :n], alone_scores[0], atol=1e-5, rtol=1e-5)
+            assert torch.all(scores[row, n:] == 0)
+
+
 def test_pos_tags_always_follow_the_segmentation():
     network = small_network()
     for seed in range(5):
