@@ -62,6 +62,11 @@ def init_table(table: nn.Embedding | nn.EmbeddingBag, std: float) -> None:
         table.weight[0].zero_()
 
 
+def with_data(packed: PackedSequence, data: Tensor) -> PackedSequence:
+    """`data` (one row per position of `packed`, in its order) packed the same way."""
+    return PackedSequence(data, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices)
+
+
 class TaggerNetwork(nn.Module):
     """Shared encoder and three CRF heads. `forward` decodes; `loss` trains."""
 
@@ -157,10 +162,10 @@ class TaggerNetwork(nn.Module):
             pooled = self.word_embedding(real_words, per_sample_weights=weights)
             parts.append(pooled.view(rows.shape[0], -1))
         inputs = self.dropout(torch.cat(parts, dim=1))
-        hidden = self.contextualise(PackedSequence(inputs, positions.batch_sizes, positions.sorted_indices, positions.unsorted_indices))
+        hidden = self.contextualise(with_data(positions, inputs))
         # A half-precision encoder (fp16) feeds heads and CRFs that stay in fp32: Viterbi sums
         # scores over a whole sentence, too coarse in fp16. For an fp32 encoder this is no copy.
-        return PackedSequence(self.dropout(hidden.data.float()), hidden.batch_sizes, hidden.sorted_indices, hidden.unsorted_indices)
+        return with_data(hidden, self.dropout(hidden.data.float()))
 
     def contextualise(self, inputs: PackedSequence) -> PackedSequence:
         """The BiRNN over packed inputs, the two directions merged as configured."""
@@ -173,13 +178,12 @@ class TaggerNetwork(nn.Module):
             hidden = forward_half * backward_half
         elif self.merge == "ave":
             hidden = (forward_half + backward_half) / 2
-        return PackedSequence(hidden, output.batch_sizes, output.sorted_indices, output.unsorted_indices)
+        return with_data(output, hidden)
 
     def unpack(self, scores: Tensor, like: PackedSequence, steps: int) -> Tensor:
         """Per-position `scores` (N, L), packed as `like`, as a padded (B, steps, L) tensor
         (zeros past each length)."""
-        packed = PackedSequence(scores, like.batch_sizes, like.sorted_indices, like.unsorted_indices)
-        return pad_packed_sequence(packed, batch_first=True, total_length=steps)[0]
+        return pad_packed_sequence(with_data(like, scores), batch_first=True, total_length=steps)[0]
 
     def forward(
         self,
