@@ -9,6 +9,7 @@ The metadata can be read without torch (`read_metadata`), e.g. by `GET /model`.
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -114,7 +115,7 @@ def quantise(network: torch.jit.ScriptModule, metadata: dict[str, Any]) -> torch
         warnings.simplefilter("ignore")  # torch.ao's deprecation notice for eager-mode quantisation
         quantised = torch.ao.quantization.quantize_dynamic(eager, {torch.nn.LSTM, torch.nn.GRU, torch.nn.Linear}, dtype=torch.qint8)
         scripted = torch.jit.script(quantised)
-    return scripted.eval()
+    return owned_by_torchscript(scripted.eval())
 
 
 def half_precision(network: torch.jit.ScriptModule, metadata: dict[str, Any], device: str | torch.device) -> torch.jit.ScriptModule:
@@ -127,7 +128,21 @@ def half_precision(network: torch.jit.ScriptModule, metadata: dict[str, Any], de
         encoder.append(eager.word_embedding)
     for module in encoder:
         module.half()
-    return torch.jit.script(eager.to(device)).eval()
+    return owned_by_torchscript(torch.jit.script(eager.to(device)).eval(), device)
+
+
+def owned_by_torchscript(network: torch.jit.ScriptModule, device: str | torch.device = "cpu") -> torch.jit.ScriptModule:
+    """The same module after a save/load round trip, so that no weight has a Python object.
+
+    A tensor that has one (every weight of a module scripted from Python) makes TorchScript
+    take the GIL each time a reference to it is dropped during `forward`. In the service the
+    event loop holds the GIL most of the time, so each of those waits stalled the inference
+    thread: a batch of 32 took 54 ms in the server against 29 ms in-process.
+    """
+    buffer = io.BytesIO()
+    torch.jit.save(network, buffer)
+    buffer.seek(0)
+    return torch.jit.load(buffer, map_location=device).eval()
 
 
 def reexport(path: str | Path) -> list[str]:

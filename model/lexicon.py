@@ -29,7 +29,7 @@ import jieba
 import jieba.posseg
 import numpy as np
 
-from model.vocab import Vocab
+from model.vocab import Vocab, code_points
 
 LENGTH_BUCKETS = 4  # 2, 3, 4, 5+
 ENTITY_TAGS = {"nr": 0, "nrfg": 0, "nrt": 0, "ns": 1, "nt": 2}
@@ -185,8 +185,7 @@ def _hash_rows(code_points: np.ndarray) -> np.ndarray:
 
 
 def _code_points(text: str) -> np.ndarray:
-    # surrogatepass: a lone surrogate in user text is just another code point here
-    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32).astype(np.uint64)
+    return code_points(text).astype(np.uint64)  # hashed modulo 2**64
 
 
 class _Table:

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from model.artifact import PRECISIONS, half_precision, load_bundle, quantise
-from model.features import Featuriser, pad
+from model.features import Featuriser
 from model.lexicon import Lexicon
 from model.schemes import decode
 from model.text import SPACE, Atoms, atomise, chunk_ranges
@@ -153,7 +153,7 @@ class Tagger:
         if not chunks:
             return []
         want_seg, want_pos, want_ner = (task in tasks for task in TASKS)
-        batch = pad(self.featuriser.inputs_many([chunk.model_text for chunk in chunks])).to(self.device)
+        batch = self.featuriser.batch([chunk.model_text for chunk in chunks]).to(self.device)
         if batch.words is None:  # bundles without word vectors take no word inputs
             seg, pos, ner = self.network(batch.chars, batch.bigrams, batch.lexicon, batch.lengths, want_seg, want_pos, want_ner)
         else:

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from model.features import Inputs, pad
+from model.features import Featuriser, Inputs, pad
 from model.lexicon import ENTITY_TAGS, LENGTH_BUCKETS, N_FEATURES, N_PLAIN, Lexicon
-from model.vocab import Vocab
+from model.vocab import Vocab, bigrams
 
 # Dictionary words of every length bucket and entity kind, pieces that form other words
 # when joined (北京 + 大学生), Latin/number placeholders, and strings jieba never holds.
@@ -130,3 +130,22 @@ def test_words_added_with_jieba_after_the_first_call_are_seen(lexicon: Lexicon) 
     after = lexicon.features(word)
     assert after[0, 0 * LENGTH_BUCKETS + 3] > 0
     assert after[0, N_PLAIN + ENTITY_TAGS["nt"] * 4 + 0] > 0
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.lists(st.sampled_from(PIECES + ["\u0003", "中\u0003", "<unk>", "a"]), min_size=1, max_size=8).map("".join), min_size=1, max_size=6))
+def test_a_batch_holds_each_texts_inputs_by_the_definition(lexicon: Lexicon, texts: list[str]) -> None:
+    """`Featuriser.batch` (vectorised over the batch): row r is text r's character ids, bigram
+    ids (the character and the next, END after the last) and dictionary features, then padding."""
+    chars = Vocab(["北", "京", "大", "学", "中", "\u0003", "\ue000", "😀", "\ud800", "<"])
+    bigram_vocab = Vocab(["北京", "京大", "大学", "学生", "国\u0003", "中\u0003", "\u0003\u0003", "😀中", "\0中"])
+    batch = Featuriser(chars, bigram_vocab, lexicon).batch(texts)
+    steps = max(len(text) for text in texts)
+    assert batch.lengths.tolist() == [len(text) for text in texts]
+    assert batch.chars.shape == batch.bigrams.shape == (len(texts), steps)
+    for row, text in enumerate(texts):
+        padding = [0] * (steps - len(text))
+        assert batch.chars[row].tolist() == chars.ids(text) + padding
+        assert batch.bigrams[row].tolist() == bigram_vocab.ids(bigrams(text)) + padding
+        np.testing.assert_array_equal(batch.lexicon[row, : len(text)].numpy(), lexicon.features(text))
+        assert not batch.lexicon[row, len(text) :].any()
