@@ -15,8 +15,9 @@ changes neither, and is seen at the next addition).
 
 Matching is vectorised for speed (it was the largest Python cost of tagging): every
 dictionary key, prefixes included, is stored as a 64-bit polynomial hash of its code
-points in a sorted array, and the substrings of all texts of a batch are looked up
-together, one substring length at a time, only where the shorter prefix matched.
+points in a sorted tensor, and the substrings of all texts of a batch are looked up
+together, one substring length at a time, only where the shorter prefix matched. It is
+TorchScript, so that the service's inference thread runs it without the GIL.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 import jieba
 import jieba.posseg
 import numpy as np
+import torch
 
 from model.vocab import Vocab, code_points
 
@@ -81,56 +83,32 @@ class Lexicon:
     def analyse_many(self, model_texts: list[str], word_vocab: Vocab | None = None) -> tuple[list[np.ndarray], list[WordMatches] | None]:
         """The features of each text and, given a word vocabulary, the words matched at each
         of its positions (SoftLexicon's B/M/E/S sets), from one dictionary pass."""
-        joined = SEPARATOR.join(model_texts)
-        out = np.zeros((len(joined), N_FEATURES), dtype=np.float32)
+        out, position, role, entry = word_cells(code_points(SEPARATOR.join(model_texts)), *self.tensors())
+        starts, ends = joined_spans(model_texts)
+        features = [out.numpy()[a:b] for a, b in zip(starts, ends)]
+        return features, None if word_vocab is None else self.word_matches(position, role, entry, word_vocab, model_texts)
+
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The current dictionary as `word_cells` takes it: sorted key hashes, whether each key
+        is a word, its weight and its entity kind."""
         table = self._current_table()
-        start, length, entry = table.matches(joined)
-        weight, kind = table.weight[entry], table.kind[entry]
-        single = length == 1
-        bucket = np.minimum(length, 5) - 2
-        # (match, position, role) triples: B at the first character, M inside, E at the last.
-        multi = np.flatnonzero(~single)
-        inner = length[multi] - 2
-        inner_match = np.repeat(multi, inner)
-        inner_offset = np.arange(len(inner_match)) - np.repeat(np.cumsum(inner) - inner, inner) + 1
-        match = np.concatenate([multi, inner_match, multi])
-        position = np.concatenate([start[multi], start[inner_match] + inner_offset, start[multi] + length[multi] - 1])
-        role = np.concatenate([np.zeros(len(multi), np.int64), np.ones(len(inner_match), np.int64), np.full(len(multi), 2)])
-        singles = np.flatnonzero(single)
-        typed = kind[match] >= 0
-        typed_singles = singles[kind[singles] >= 0]
-        rows = np.concatenate([position, start[singles], position[typed], start[typed_singles]])
-        columns = np.concatenate(
-            [
-                role * LENGTH_BUCKETS + bucket[match],
-                np.full(len(singles), N_PLAIN - 1),
-                N_PLAIN + kind[match][typed] * 4 + role[typed],
-                N_PLAIN + kind[typed_singles] * 4 + 3,
-            ]
-        )
-        values = np.concatenate([weight[match], weight[singles], weight[match][typed], weight[typed_singles]])
-        np.maximum.at(out.reshape(-1), rows * N_FEATURES + columns, values)
-        ends = np.cumsum([len(text) + len(SEPARATOR) for text in model_texts]) - len(SEPARATOR)
-        starts = ends - np.array([len(text) for text in model_texts], dtype=np.int64)
-        features = [out[a:b] for a, b in zip(starts, ends)]
-        if word_vocab is None:
-            return features, None
-        matched = np.concatenate([match, singles])
-        words = WordMatches(
-            np.concatenate([position, start[singles]]),
-            np.concatenate([role, np.full(len(singles), 3)]),
-            table.word_ids(word_vocab)[entry[matched]],
-            weight[matched],
-        )
-        return features, words.normalised(len(joined)).split(starts, ends)
+        return table.keys, table.is_word, table.weight, table.kind
+
+    def word_matches(self, position: torch.Tensor, role: torch.Tensor, entry: torch.Tensor, word_vocab: Vocab, model_texts: list[str]) -> list[WordMatches]:
+        """`word_cells`' matches in the texts joined by SEPARATOR as each text's SoftLexicon sets."""
+        table = self._current_table()
+        entries = entry.numpy()
+        words = WordMatches(position.numpy(), role.numpy(), table.word_ids(word_vocab)[entries], table.weight.numpy()[entries])
+        starts, ends = joined_spans(model_texts)
+        return words.normalised(int(ends[-1])).split(starts, ends)
 
     def matched_words(self, model_texts: list[str]) -> Counter:
         """How often each dictionary word occurs in the texts (the word vocabulary is built from it)."""
         table = self._current_table()
         counts: Counter = Counter()
         for offset in range(0, len(model_texts), 1000):
-            _, _, entry = table.matches(SEPARATOR.join(model_texts[offset : offset + 1000]))
-            for index, count in zip(*np.unique(entry, return_counts=True)):
+            _, _, entry = match_words(code_points(SEPARATOR.join(model_texts[offset : offset + 1000])), table.keys, table.is_word)
+            for index, count in zip(*np.unique(entry.numpy(), return_counts=True)):
                 counts[table.words[index]] += int(count)
         return counts
 
@@ -172,24 +150,30 @@ class WordMatches:
 
 
 SEPARATOR = "\0"  # between the texts of a batch; no dictionary word contains it
-_MULTIPLIER = np.uint64(0x100000001B3)
+
+
+def joined_spans(model_texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Where each text starts and ends in SEPARATOR.join(model_texts)."""
+    lengths = np.array([len(text) for text in model_texts], dtype=np.int64)
+    ends = np.cumsum(lengths + len(SEPARATOR)) - len(SEPARATOR)
+    return ends - lengths, ends
+
+
+_MULTIPLIER = 0x100000001B3
 
 
 def _hash_rows(code_points: np.ndarray) -> np.ndarray:
-    """The polynomial hash of each row of a (words, length) array of code points."""
+    """The polynomial hash of each row of a (words, length) array of code points, modulo 2**64
+    and read as int64 (the bits `match_words` computes with torch's wrapping int64 arithmetic)."""
     hashes = np.zeros(len(code_points), dtype=np.uint64)
     with np.errstate(over="ignore"):  # arithmetic modulo 2**64 is the point
-        for column in code_points.T:
-            hashes = hashes * _MULTIPLIER + column
-    return hashes
-
-
-def _code_points(text: str) -> np.ndarray:
-    return code_points(text).astype(np.uint64)  # hashed modulo 2**64
+        for column in code_points.T.astype(np.uint64):
+            hashes = hashes * np.uint64(_MULTIPLIER) + column
+    return hashes.view(np.int64)
 
 
 class _Table:
-    """Every key of a jieba dictionary (words and their prefixes) as a sorted hash array,
+    """Every key of a jieba dictionary (words and their prefixes) as a sorted hash tensor,
     with each key's weight, entity kind (-1 for none) and whether it is a word (freq > 0)."""
 
     def __init__(self, freq: dict[str, int], tags: dict[str, str], log_max: float):
@@ -198,13 +182,13 @@ class _Table:
             if SEPARATOR not in word:
                 by_length.setdefault(len(word), []).append(word)
         words = [word for length in sorted(by_length) for word in by_length[length]]
-        hashes = np.concatenate([_hash_rows(_code_points("".join(group)).reshape(len(group), length)) for length, group in sorted(by_length.items())])
+        hashes = np.concatenate([_hash_rows(code_points("".join(group)).numpy().reshape(len(group), length)) for length, group in sorted(by_length.items())])
         order = np.argsort(hashes)
         counts = np.array([freq[word] for word in words], dtype=np.float64)[order]
-        self.keys = hashes[order]
-        self.is_word = counts > 0
-        self.weight = np.minimum(np.log1p(counts) / log_max, 1.0).astype(np.float32)
-        self.kind = np.array([ENTITY_TAGS.get(tags.get(word), -1) for word in words], dtype=np.int64)[order]
+        self.keys = torch.from_numpy(hashes[order])
+        self.is_word = torch.from_numpy(counts > 0)
+        self.weight = torch.from_numpy(np.minimum(np.log1p(counts) / log_max, 1.0).astype(np.float32))
+        self.kind = torch.from_numpy(np.array([ENTITY_TAGS.get(tags.get(word), -1) for word in words], dtype=np.int64)[order])
         self.words = [words[i] for i in order]
         self._word_ids: tuple[Vocab, np.ndarray] | None = None
 
@@ -214,28 +198,72 @@ class _Table:
             self._word_ids = (vocab, np.array(vocab.ids(self.words), dtype=np.int64))
         return self._word_ids[1]
 
-    def matches(self, text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(start, length, table index) of every dictionary word occurring in `text`."""
-        code_points = _code_points(text)
-        n = len(code_points)
-        position = np.arange(n)
-        hashes = np.zeros(n, dtype=np.uint64)
-        starts, lengths, entries = [], [], []
-        length = 1
-        with np.errstate(over="ignore"):
-            while len(position):
-                hashes = hashes * _MULTIPLIER + code_points[position + length - 1]
-                index = np.minimum(np.searchsorted(self.keys, hashes), len(self.keys) - 1)
-                found = self.keys[index] == hashes  # a key (a word or a prefix of one)
-                position, hashes, index = position[found], hashes[found], index[found]
-                word = self.is_word[index]
-                starts.append(position[word])
-                lengths.append(np.full(int(word.sum()), length))
-                entries.append(index[word])
-                length += 1
-                longer = position + length <= n
-                position, hashes = position[longer], hashes[longer]
-        if not starts:
-            empty = np.zeros(0, dtype=np.int64)
-            return empty, empty, empty
-        return np.concatenate(starts), np.concatenate(lengths), np.concatenate(entries)
+
+# The matcher and the features are TorchScript: the service calls them from its inference
+# thread once per batch and they run without the GIL. As numpy (a few dozen calls per
+# batch, each releasing and retaking the GIL) every call waited for the busy event loop.
+
+
+@torch.jit.script
+def match_words(code_points: torch.Tensor, keys: torch.Tensor, is_word: torch.Tensor, multiplier: int = _MULTIPLIER) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(start, length, table index) of every dictionary word occurring in the string of
+    `code_points`: substrings are hashed one length at a time, only where the shorter
+    prefix is a key."""
+    # index_select with the indices of a mask: x[mask] would find them again for each tensor.
+    n = code_points.numel()
+    position = torch.arange(n)
+    hashes = torch.zeros(n, dtype=torch.int64)
+    last = keys.numel() - 1
+    starts: list[torch.Tensor] = [torch.zeros(0, dtype=torch.int64)]
+    lengths: list[torch.Tensor] = [torch.zeros(0, dtype=torch.int64)]
+    entries: list[torch.Tensor] = [torch.zeros(0, dtype=torch.int64)]
+    length = 1
+    while position.numel() > 0:
+        hashes = hashes * multiplier + code_points.index_select(0, position + (length - 1))  # wraps modulo 2**64
+        index = torch.searchsorted(keys, hashes).clamp_(max=last)
+        found = torch.nonzero(keys.index_select(0, index) == hashes).squeeze(1)  # a key: a word or a prefix of one
+        position, hashes, index = position.index_select(0, found), hashes.index_select(0, found), index.index_select(0, found)
+        word = torch.nonzero(is_word.index_select(0, index)).squeeze(1)
+        starts.append(position.index_select(0, word))
+        lengths.append(torch.full([word.numel()], length, dtype=torch.int64))
+        entries.append(index.index_select(0, word))
+        length += 1
+        longer = torch.nonzero(position + length <= n).squeeze(1)
+        position, hashes = position.index_select(0, longer), hashes.index_select(0, longer)
+    return torch.cat(starts), torch.cat(lengths), torch.cat(entries)
+
+
+@torch.jit.script
+def word_cells(
+    code_points: torch.Tensor,
+    keys: torch.Tensor,
+    is_word: torch.Tensor,
+    weight: torch.Tensor,
+    kind: torch.Tensor,
+    buckets: int = LENGTH_BUCKETS,
+    n_plain: int = N_PLAIN,
+    n_features: int = N_FEATURES,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The (len, N_FEATURES) features of the string of `code_points`, and each dictionary
+    word's (position, role, table index) at every character it covers: role 0 B at its
+    first, 1 M inside, 2 E at its last, 3 S for a one-character word."""
+    start, length, entry = match_words(code_points, keys, is_word)
+    multi = torch.nonzero(length > 1).squeeze(1)
+    singles = torch.nonzero(length == 1).squeeze(1)
+    multi_start, multi_length = start.index_select(0, multi), length.index_select(0, multi)
+    inner = multi_length - 2
+    inner_match = multi.repeat_interleave(inner)
+    inner_offset = torch.arange(inner_match.numel()) - (torch.cumsum(inner, 0) - inner).repeat_interleave(inner) + 1
+    match = torch.cat([multi, inner_match, multi, singles])
+    position = torch.cat([multi_start, start.index_select(0, inner_match) + inner_offset, multi_start + multi_length - 1, start.index_select(0, singles)])
+    role = torch.cat([torch.zeros_like(multi), torch.ones_like(inner_match), torch.full_like(multi, 2), torch.full_like(singles, 3)])
+    entry = entry.index_select(0, match)
+    bucket = length.index_select(0, match).clamp(max=buckets + 1) - 2  # 2, 3, 4, 5+
+    plain = torch.where(role == 3, n_plain - 1, role * buckets + bucket)
+    value, entity = weight.index_select(0, entry), kind.index_select(0, entry)
+    typed = torch.nonzero(entity >= 0).squeeze(1)
+    rows = torch.cat([position, position.index_select(0, typed)])
+    columns = torch.cat([plain, n_plain + entity.index_select(0, typed) * 4 + role.index_select(0, typed)])
+    out = torch.zeros(code_points.numel() * n_features, dtype=torch.float32)
+    out.scatter_reduce_(0, rows * n_features + columns, torch.cat([value, value.index_select(0, typed)]), "amax")
+    return out.view(code_points.numel(), n_features), position, role, entry

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from functools import cached_property
 
 import numpy as np
+import torch
 
 PAD, UNK, BOS = "<pad>", "<unk>", "<bos>"
 END = "\u0003"  # stands for "after the last character" in a bigram
@@ -35,23 +36,16 @@ class Vocab:
         get = self.index.get
         return [get(item, 1) for item in items]
 
-    def ids_of_keys(self, keys: np.ndarray) -> np.ndarray:
-        """`ids` of one- or two-character strings given as `string_keys` (vectorised: a batch's
-        characters or bigrams in one call instead of a dictionary lookup each)."""
-        known, ids = self._key_table
-        index = np.minimum(np.searchsorted(known, keys), len(known) - 1)
-        return np.where(known[index] == keys, ids[index], 1)
-
     @cached_property
-    def _key_table(self) -> tuple[np.ndarray, np.ndarray]:
-        """The keys of the items of one or two characters, sorted, and their ids."""
-        pairs = sorted(
-            (int(string_keys(code_points(item[0]), code_points(item[1:]) if len(item) == 2 else None)[0]), i)
-            for i, item in enumerate(self.items)
-            if i > 2 and len(item) <= 2
-        )
-        pairs = pairs or [(-1, 1)]
-        return np.array([k for k, _ in pairs], dtype=np.int64), np.array([i for _, i in pairs], dtype=np.int64)
+    def key_table(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The `string_keys` of the items of one or two characters, sorted, and their ids:
+        `lookup` finds a batch's characters or bigrams in one call instead of one dictionary
+        lookup each."""
+        short = [(i, item) for i, item in enumerate(self.items) if i > 2 and len(item) <= 2]
+        first = torch.tensor([ord(item[0]) for _, item in short], dtype=torch.int64)
+        second = torch.tensor([ord(item[1]) if len(item) == 2 else -1 for _, item in short], dtype=torch.int64)
+        keys, order = torch.sort(string_keys(first, second))
+        return keys, torch.tensor([i for i, _ in short], dtype=torch.int64)[order]
 
     def to_json(self) -> list[str]:
         return self.items
@@ -66,23 +60,23 @@ def bigrams(model_text: str) -> list[str]:
     return [a + b for a, b in zip(model_text, model_text[1:] + END)]
 
 
-def code_points(text: str) -> np.ndarray:
+def code_points(text: str) -> torch.Tensor:
     """The code points of `text` as int64."""
     # surrogatepass: a lone surrogate in user text is just another code point here
-    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32).astype(np.int64)
+    return torch.from_numpy(np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32).astype(np.int64))
 
 
-def string_keys(first: np.ndarray, second: np.ndarray | None = None) -> np.ndarray:
-    """One integer per string of one character (`first`) or two (`first` + `second`), for
-    `Vocab.ids_of_keys`: the first code point above 22 bits, the second plus one below."""
-    return first << 22 if second is None else (first << 22) | (second + 1)
+@torch.jit.script
+def string_keys(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """One integer per string of one character or two: the first code point above 22 bits,
+    the second plus one below (-1 for strings of one character)."""
+    return (first << 22) | (second + 1)
 
 
-def bigram_keys(model_texts: list[str]) -> np.ndarray:
-    """`string_keys` of the `bigrams` of each text, end to end."""
-    joined = code_points("".join(model_texts))
-    lengths = np.array([len(text) for text in model_texts], dtype=np.int64)
-    following = np.empty_like(joined)
-    following[:-1] = joined[1:]
-    following[(np.cumsum(lengths) - 1)[lengths > 0]] = ord(END)  # after each text's last character
-    return string_keys(joined, following)
+@torch.jit.script
+def lookup(known: torch.Tensor, ids: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """The ids of strings given by their `keys` in a `Vocab.key_table`; 1 (<unk>) if absent."""
+    if known.numel() == 0:
+        return torch.ones_like(keys)
+    index = torch.searchsorted(known, keys).clamp(max=known.numel() - 1)
+    return torch.where(known[index] == keys, ids[index], 1)
