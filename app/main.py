@@ -5,7 +5,6 @@
 
 
 import asyncio
-import gc
 import hmac
 import logging
 import re
@@ -31,7 +30,7 @@ from app.schemas import ErrorOut, TagRequest, TagResponse
 from app.settings import Settings, get_settings
 from model.artifact import read_metadata
 from model.lexicon import Lexicon
-from model.tagger import Tagger, check_tasks
+from model.tagger import Tagger, check_tasks, freeze_long_lived_objects
 
 log = logging.getLogger("app")
 
@@ -353,12 +352,10 @@ async def _warm_up(state: ServiceState) -> None:
     assert state.tagger is not None and state.batcher is not None
     prepared = state.tagger.prepare(WARMUP_TEXT)
     await state.batcher.submit(prepared.chunks, ("seg", "pos", "ner"))
-    # What is loaded now (jieba's dictionary, vocabularies, the app) lives as long as the
-    # process: out of the cyclic collector's sight, its full collections no longer walk it
-    # while holding the GIL. The event loop spent about 15 % of its time in them at 64
-    # clients, and the inference thread waited for the GIL meanwhile.
-    gc.collect()
-    gc.freeze()
+    # Again, now that the app and the featuriser's tables exist: full collections hold the
+    # GIL, and the event loop spent about 15 % of its time in them at 64 clients while the
+    # inference thread waited.
+    freeze_long_lived_objects()
     state.ready = True
     log.info("warm-up batch done; ready")
 

@@ -13,6 +13,7 @@ vectorised across texts, and a server's queue holds only strings.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -83,6 +84,19 @@ class ChunkLabels:
     ner: list[str] | None
 
 
+def freeze_long_lived_objects() -> None:
+    """Move every object alive now out of the cyclic garbage collector's sight (gc.freeze).
+
+    Called once the model is loaded: torch's import alone leaves about 165k objects that
+    every full collection walks, 110-150 ms each on a 2-core VM, and tagging 5,000 sentences
+    set off two or three of them (10-14 % of its time). These objects live as long as the
+    process; reference counting still frees any of them that is dropped, only a reference
+    cycle among them would no longer be collected.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 def check_tasks(tasks: Iterable[str]) -> tuple[str, ...]:
     """The tasks as a tuple; ValueError naming any unknown task."""
     tasks = tuple(tasks)
@@ -130,6 +144,7 @@ class Tagger:
             network = half_precision(network, metadata, device)
         tagger = cls(network, metadata, device, lexicon)
         tagger.precision = "fp32" if precision == "int8" and not on_cpu else precision
+        freeze_long_lived_objects()
         return tagger
 
     @property
