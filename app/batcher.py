@@ -17,7 +17,6 @@ GIL switch interval; see Settings.switch_interval_ms).
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import logging
 import threading
 import time
@@ -30,22 +29,18 @@ import torch
 
 from app import metrics
 from app.settings import FAULT_MARKER, Settings
+from model.memory import release_free_memory
 from model.tagger import TASKS, Chunk, ChunkLabels, Tagger
 
 log = logging.getLogger("app.batcher")
 
+# Freed heap pages go back to the OS (model.memory.release_free_memory) every TRIM_INTERVAL_S
+# while batches run, and once the model has been idle for IDLE_TRIM_S: batches of varying
+# shapes leave freed blocks that glibc keeps mapped (the int8 path's RSS plateaued 200 MB
+# above fp32's without the periodic trim), and after a burst the worker otherwise kept
+# 60-80 MB of them until its next request.
 TRIM_INTERVAL_S = 2.0
-
-
-def _find_malloc_trim():
-    """glibc's malloc_trim, or None on other C libraries."""
-    try:
-        return ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):
-        return None
-
-
-_malloc_trim = _find_malloc_trim()
+IDLE_TRIM_S = 1.0
 
 
 class QueueFull(Exception):
@@ -99,6 +94,7 @@ class Batcher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread = threading.Thread(target=self._run, name="inference", daemon=True)
         self._last_trim = time.monotonic()
+        self._batches_since_trim = 0
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -155,12 +151,15 @@ class Batcher:
                     return
                 if batch:
                     self._execute(batch)
+                elif self._batches_since_trim:
+                    self._release_memory()
             except Exception:  # a bug here must not stop the thread and hang every later request
                 log.exception("batching loop error; continuing")
 
     def _collect(self) -> list[_Item] | None:
-        """The next batch, oldest first; None once stopped and empty. When the model was idle, the
-        first sentence waits up to max_wait_ms for the batch to fill."""
+        """The next batch, oldest first; None once stopped and empty; empty when the queue stayed
+        empty for IDLE_TRIM_S after a batch. When the model was idle, the first sentence waits
+        up to max_wait_ms for the batch to fill."""
         settings = self.settings
         expired: list[_Item] = []
         batch: list[_Item] = []
@@ -169,7 +168,8 @@ class Batcher:
             while not self._queue:
                 if self._stopping:
                     return None
-                self._changed.wait()
+                if not self._changed.wait(IDLE_TRIM_S if self._batches_since_trim else None):
+                    return []
             # Sentences that queued up during the last batch have waited long enough; only
             # a sentence that finds the model idle waits for others to join it.
             deadline = time.monotonic() + settings.max_wait_ms / 1000
@@ -232,13 +232,15 @@ class Batcher:
         if fault:
             raise RuntimeError("injected fault (NER_FAULT_INJECTION is on and a text carried the fault marker)")
         labels = self.tagger.infer(chunks, tasks)
-        now = time.monotonic()
-        if _malloc_trim is not None and now - self._last_trim > TRIM_INTERVAL_S:
-            # Batches of varying shapes leave freed blocks that glibc keeps mapped; the int8
-            # path's RSS plateaued 200 MB above fp32's without this.
-            self._last_trim = now
-            _malloc_trim(0)
+        self._batches_since_trim += 1
+        if time.monotonic() - self._last_trim > TRIM_INTERVAL_S:
+            self._release_memory()
         return labels
+
+    def _release_memory(self) -> None:
+        release_free_memory()
+        self._last_trim = time.monotonic()
+        self._batches_since_trim = 0
 
 
 def _set_futures(futures: list[asyncio.Future], labels: list[ChunkLabels] | None, error: Exception | None) -> None:

@@ -30,7 +30,8 @@ from app.schemas import ErrorOut, TagRequest, TagResponse
 from app.settings import Settings, get_settings
 from model.artifact import read_metadata
 from model.lexicon import Lexicon
-from model.tagger import Tagger, check_tasks, freeze_long_lived_objects
+from model.memory import freeze_long_lived_objects
+from model.tagger import Tagger, check_tasks
 
 log = logging.getLogger("app")
 

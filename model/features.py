@@ -50,8 +50,9 @@ class Batch:
 
 class Featuriser:
     def __init__(self, chars: Vocab, bigram_vocab: Vocab, lexicon: Lexicon, words: Vocab | None = None):
-        self.chars = chars
-        self.bigrams = bigram_vocab
+        # Only the character and bigram vocabularies' key tables are kept: a Vocab's dict of
+        # 150k bigrams is 23 MB of Python objects that nothing here looks up.
+        self._vocab_tables = (*chars.key_table, *bigram_vocab.key_table)
         self.lexicon = lexicon
         self.words = words
         self._tables: tuple[torch.Tensor, torch.jit.ScriptModule] | None = None
@@ -81,12 +82,17 @@ class Featuriser:
     def _words(self, model_texts: list[str], position: torch.Tensor, role: torch.Tensor, entry: torch.Tensor) -> list[WordMatches] | None:
         return None if self.words is None else self.lexicon.word_matches(position, role, entry, self.words, model_texts)
 
+    def build_tables(self) -> None:
+        """Build the lookup tables now rather than for the first batch (Tagger.load does, so
+        that the memory their building frees can be given back with the rest)."""
+        self._current_tables()
+
     def _current_tables(self) -> torch.jit.ScriptModule:
         """The vocabularies' and the dictionary's tables in a module that TorchScript owns,
         rebuilt when the dictionary changes (words added at run time)."""
         dictionary = self.lexicon.tensors()
         if self._tables is None or self._tables[0] is not dictionary[0]:
-            tables = _Tables(*self.chars.key_table, *self.bigrams.key_table, *dictionary)
+            tables = _Tables(*self._vocab_tables, *dictionary)
             self._tables = (dictionary[0], owned_by_torchscript(torch.jit.script(tables)))
         return self._tables[1]
 

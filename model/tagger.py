@@ -13,7 +13,6 @@ vectorised across texts, and a server's queue holds only strings.
 
 from __future__ import annotations
 
-import gc
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch
 from model.artifact import PRECISIONS, half_precision, load_bundle, quantise
 from model.features import Featuriser
 from model.lexicon import Lexicon
+from model.memory import freeze_long_lived_objects, release_free_memory
 from model.schemes import decode
 from model.text import SPACE, Atoms, atomise, chunk_ranges
 from model.vocab import Vocab
@@ -84,19 +84,6 @@ class ChunkLabels:
     ner: list[str] | None
 
 
-def freeze_long_lived_objects() -> None:
-    """Move every object alive now out of the cyclic garbage collector's sight (gc.freeze).
-
-    Called once the model is loaded: torch's import alone leaves about 165k objects that
-    every full collection walks, 110-150 ms each on a 2-core VM, and tagging 5,000 sentences
-    set off two or three of them (10-14 % of its time). These objects live as long as the
-    process; reference counting still frees any of them that is dropped, only a reference
-    cycle among them would no longer be collected.
-    """
-    gc.collect()
-    gc.freeze()
-
-
 def check_tasks(tasks: Iterable[str]) -> tuple[str, ...]:
     """The tasks as a tuple; ValueError naming any unknown task."""
     tasks = tuple(tasks)
@@ -111,7 +98,9 @@ class Tagger:
 
     def __init__(self, network: torch.nn.Module, metadata: dict[str, Any], device: str | torch.device = "cpu", lexicon: Lexicon | None = None):
         self.network = network
-        self.metadata = metadata
+        # Without the vocabularies (150k bigram strings, about 12 MB): after this constructor
+        # they live only in the featuriser's lookup tables.
+        self.metadata = {key: value for key, value in metadata.items() if key != "vocab"}
         self.device = torch.device(device)
         self.precision = "fp32"
         self.max_len: int = metadata["max_len"]
@@ -144,7 +133,9 @@ class Tagger:
             network = half_precision(network, metadata, device)
         tagger = cls(network, metadata, device, lexicon)
         tagger.precision = "fp32" if precision == "int8" and not on_cpu else precision
+        tagger.featuriser.build_tables()
         freeze_long_lived_objects()
+        release_free_memory()
         return tagger
 
     @property
