@@ -14,6 +14,10 @@ package `wrk`): a Python client would spend more CPU per request than the server
 Then, with batching on, each request shape is sent at half the peak request rate
 measured above: the latency a service sees at half of its capacity. wrk paces it with
 many connections that each wait a random think time between requests.
+
+Each worker's resident memory is sampled throughout (its largest value is reported) and
+read again once the queue has drained and the worker has been idle long enough to give
+freed memory back (app.batcher.IDLE_TRIM_S): its footprint at rest after the load.
 """
 
 from __future__ import annotations
@@ -33,8 +37,9 @@ from pathlib import Path
 
 import httpx
 
+from app.batcher import IDLE_TRIM_S
 from app.settings import Settings
-from bench.processes import free_port, rss_mb, running
+from bench.processes import free_port, peak_rss_mb, rss_mb, running
 from model.artifact import PRECISIONS
 from training.corpora import load_corpus
 
@@ -171,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     for key in servers:
         env, workers, request_shapes = SERVERS[key]
         name = SERVER_NAMES[key]
-        with server(args.model, {**common_env, **env}, workdir / "server.log", workers) as (process, url):
+        with server(args.model, {**common_env, **env}, workdir / "server.log", workers) as (process, url), peak_rss_mb(worker_pids(process)) as peaks:
             load(url, shapes[1][0], 4, 2.0, 1, shapes[1][1])  # warm-up
             for per_request in request_shapes:
                 for concurrency in levels:
@@ -193,6 +198,10 @@ def main(argv: list[str] | None = None) -> int:
                         f"p50 {point['p50_ms']:7.1f} p95 {point['p95_ms']:7.1f} p99 {point['p99_ms']:7.1f} ms errors {point['errors']}",
                         file=sys.stderr,
                     )
+            report.setdefault("server_peak_rss_mb", {})[name] = list(peaks)
+            # At rest: the queue empty and the workers idle long enough to give freed memory back.
+            wait_until_drained(url)
+            time.sleep(IDLE_TRIM_S + 1)
             report.setdefault("server_rss_mb", {})[name] = [rss_mb(pid) for pid in worker_pids(process)]
 
     def figure(name: str, per_request: int, concurrency: int) -> float:
@@ -201,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     if 64 in levels and {"on", "off"} <= set(servers):
         report["batching_ratio_c64"] = figure("batching on", 1, 64) / figure("batching off", 1, 64)
         print(f"batching on / off at concurrency 64, 1 sentence per request: {report['batching_ratio_c64']:.2f}x", file=sys.stderr)
-    print(f"server RSS after the benchmark: {report['server_rss_mb']}", file=sys.stderr)
+    print(f"server RSS after the benchmark, at rest: {report['server_rss_mb']}; largest while under load: {report['server_peak_rss_mb']}", file=sys.stderr)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1), encoding="utf-8")
     print(f"written: {args.out}", file=sys.stderr)

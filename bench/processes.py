@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -24,6 +25,27 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+@contextmanager
+def peak_rss_mb(pids: Sequence[int], interval: float = 0.1) -> Iterator[list[float]]:
+    """The largest resident memory of each process while the block runs, sampled every
+    `interval` s (the list fills in as the block runs; final when it ends)."""
+    peaks = [rss_mb(pid) for pid in pids]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(interval):
+            for index, pid in enumerate(pids):
+                peaks[index] = max(peaks[index], rss_mb(pid))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        yield peaks
+    finally:
+        done.set()
+        sampler.join()
 
 
 def stop(process: subprocess.Popen, timeout: float = 30) -> None:
