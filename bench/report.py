@@ -82,14 +82,16 @@ def http_table(data: dict, inprocess: dict | None) -> list[str]:
             if run["concurrency"] == 64 and run["sentences_per_request"] == 1 and run["server"] != "batching off":
                 ratio = run["chars_per_second"] / best
                 lines.append(f"HTTP ({run['server']}) ÷ in-process {inprocess['precision']} best ({best:,.0f} chars/s) at concurrency 64, one sentence per request: {ratio:.2f}x.")
-    lines += [f"RSS of each server worker after the benchmark (queue drained, then idle {RESTING_NOTE}): {_per_worker_mb(data['server_rss_mb'])}."]
-    if "server_peak_rss_mb" in data:  # runs before 2026-11-27 did not sample it
-        lines += [f"Largest RSS of each server worker while under load (sampled every 0.1 s): {_per_worker_mb(data['server_peak_rss_mb'])}."]
+    if "server_peak_rss_mb" in data:
+        lines += [
+            f"RSS of each server worker after the benchmark (queue drained, then idle for a few seconds): {_per_worker_mb(data['server_rss_mb'])}.",
+            f"Largest RSS of each server worker while under load (sampled every 0.1 s): {_per_worker_mb(data['server_peak_rss_mb'])}.",
+        ]
+    else:  # runs before 2026-11-27 read it right after the last load point and sampled nothing
+        lines += [f"RSS of each server worker right after the last load point: {_per_worker_mb(data['server_rss_mb'])}."]
     lines += [""]
     return lines
 
-
-RESTING_NOTE = "for a few seconds"
 
 
 def _per_worker_mb(servers: dict[str, list[float]]) -> str:
