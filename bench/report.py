@@ -93,7 +93,6 @@ def http_table(data: dict, inprocess: dict | None) -> list[str]:
     return lines
 
 
-
 def _per_worker_mb(servers: dict[str, list[float]]) -> str:
     return "; ".join(f"{name}: " + ", ".join(f"{mb:.0f} MB" for mb in workers) for name, workers in servers.items())
 
