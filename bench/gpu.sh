@@ -35,7 +35,7 @@ if [[ " $STEPS " == *" eval "* ]]; then
     for precision in fp32 fp16; do
         for corpus in msra-test pd98-test; do
             step "$PYTHON" -m training.evaluate --model "$MODEL" --corpus "$corpus" --device "$DEVICE" --precision "$precision" \
-                --sample "$SAMPLE" --no-jieba --json "$RESULTS/eval-$corpus-$precision.json"
+                --sample "$SAMPLE" --no-peers --json "$RESULTS/eval-$corpus-$precision.json"
         done
     done
 fi

