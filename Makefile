@@ -7,7 +7,12 @@ CONFIG ?= training/configs/default.toml
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: venv serve test train evaluate bench bench-gpu lint clean
+# Pretrained inputs for training (training/pretrained.py): LAC's source distribution from PyPI
+# (its character table; Apache-2.0) and bigram vectors trained with gensim on ../shared/data/text.
+LAC_SDIST := runs/lac/LAC-2.1.2.tar.gz
+BIGRAM_VECTORS := runs/pretrained/bigrams-48.kv
+
+.PHONY: venv serve test train lac pretrain evaluate bench bench-gpu lint clean
 
 venv: $(VENV)/.installed
 
@@ -25,12 +30,25 @@ serve: venv
 test: venv
 	$(BIN)/pytest -q
 
-train: venv
+train: venv lac pretrain
 	$(BIN)/python -m training.train --config $(CONFIG)
 
+lac: $(LAC_SDIST)
+
+# pip builds an sdist's metadata even for `download`, and needs setuptools and wheel for it.
+$(LAC_SDIST): | venv
+	$(BIN)/pip install -q setuptools wheel
+	$(BIN)/pip download -q --no-deps --no-build-isolation lac==2.1.2 -d $(dir $@)
+
+pretrain: $(BIGRAM_VECTORS)
+
+$(BIGRAM_VECTORS): | venv
+	$(BIN)/python -m training.pretrained --out $@
+
 evaluate: venv
-	$(BIN)/python -m training.evaluate --model $(MODEL) --corpus msra-test --json $(MODEL)/eval-msra-test.json
-	$(BIN)/python -m training.evaluate --model $(MODEL) --corpus pd98-test --json $(MODEL)/eval-pd98-test.json
+	for corpus in msra-test cluener-test resume-test pd98-test; do \
+		$(BIN)/python -m training.evaluate --model $(MODEL) --corpus $$corpus --json $(MODEL)/eval-$$corpus.json || exit 1; \
+	done
 
 bench: venv
 	$(BIN)/python -m bench.throughput --model $(MODEL)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import struct
 import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -58,3 +60,20 @@ def run_server(bundle: Path, tmp_path: Path, env: dict[str, str] | None = None, 
     command = [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
     with running(command, f"http://127.0.0.1:{port}/readyz", log, environment, ROOT, ready_timeout) as process:
         yield Server(process, port, log)
+
+
+LAC_TOKENS = [" ", "中", "国", "万", "北京", "OOV"]
+
+
+def write_lac(folder: Path, dim: int = 4) -> np.ndarray:
+    """A LAC-shaped source: row i of the table is i + 1 in every column."""
+    table = np.repeat(np.arange(1, len(LAC_TOKENS) + 1, dtype=np.float32)[:, None], dim, axis=1)
+    conf, model = folder / "LAC" / "lac_model" / "conf", folder / "LAC" / "lac_model" / "model"
+    conf.mkdir(parents=True)
+    model.mkdir(parents=True)
+    (conf / "word.dic").write_text("".join(f"{i}\t{token}\n" for i, token in enumerate(LAC_TOKENS)), encoding="utf-8")
+    (conf / "q2b.dic").write_text("萬\t万\n國\t国\n", encoding="utf-8")
+    description = b"\x08\x05\x10\x06\x10\x04"  # any bytes: only their length D matters
+    header = b"\0" * 16 + struct.pack("<i", len(description)) + description
+    (model / "word_emb").write_bytes(header + table.tobytes())
+    return table

