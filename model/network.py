@@ -82,6 +82,7 @@ class TaggerNetwork(nn.Module):
         pos_labels: list[str],
         ner_labels: list[str],
         num_words: int = 0,
+        aux_ner_heads: int = 0,
     ):
         super().__init__()
         self.merge = config.merge
@@ -116,6 +117,11 @@ class TaggerNetwork(nn.Module):
         self.ner_head = nn.Linear(out_dim, len(ner_labels))
         self.seg_crf = CRF(seg_labels)
         self.ner_crf = CRF(ner_labels)
+        # Training only: NER heads for corpora annotated by other guidelines (training's
+        # ner_head_of), which train the shared encoder without pulling the served head their way;
+        # dropped before export (`drop_aux_heads`).
+        self.aux_ner_heads = nn.ModuleList([nn.Linear(out_dim, len(ner_labels)) for _ in range(aux_ner_heads)])
+        self.aux_ner_crfs = nn.ModuleList([CRF(ner_labels) for _ in range(aux_ner_heads)])
         # ~180 POS labels make a CRF ten times slower to train than the encoder, so POS is
         # trained per character and decoded inside the words the seg head chose (`tag_words`),
         # which needs the label layouts below.
@@ -270,9 +276,11 @@ class TaggerNetwork(nn.Module):
         ner: Tensor | None,
         words: Tensor | None = None,
         word_weights: Tensor | None = None,
+        ner_head: int = 0,
     ) -> dict[str, Tensor]:
         """Summed loss of each head that has gold labels: CRF negative log-likelihood for
-        seg and ner, cross-entropy per character for pos."""
+        seg and ner, cross-entropy per character for pos. `ner_head` > 0 trains auxiliary
+        NER head number `ner_head` instead of the served one."""
         if self.unk_dropout > 0:
             chars, bigrams = self.hide_ids(chars), self.hide_ids(bigrams)
         if words is not None and self.unk_dropout > 0:
@@ -287,5 +295,12 @@ class TaggerNetwork(nn.Module):
             gold = pos.reshape(-1)[self.packed_positions(lengths, pos.shape[0], steps, pos.device).data]
             losses["pos"] = nn.functional.cross_entropy(self.pos_head(hidden.data), gold, reduction="sum")
         if ner is not None:
-            losses["ner"] = self.ner_crf.neg_log_likelihood(self.unpack(self.ner_head(hidden.data), hidden, steps), ner, mask)
+            head, crf = (self.ner_head, self.ner_crf) if ner_head == 0 else (self.aux_ner_heads[ner_head - 1], self.aux_ner_crfs[ner_head - 1])
+            losses["ner"] = crf.neg_log_likelihood(self.unpack(head(hidden.data), hidden, steps), ner, mask)
         return losses
+
+    @torch.jit.unused
+    def drop_aux_heads(self) -> None:
+        """Remove the training-only NER heads: the bundle holds the served head alone."""
+        self.aux_ner_heads = nn.ModuleList()
+        self.aux_ner_crfs = nn.ModuleList()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
 import torch
 
 from model.artifact import build_network, load_bundle
@@ -55,3 +56,22 @@ def test_multi_corpus_run_with_pretrained_characters(tmp_path: Path) -> None:
     assert torch.allclose(table[chars.index("萬")], table[chars.index("國")] * 4 / 3)
     [result] = Tagger.load(tmp_path / "bundle", "cpu").tag(["國務院在北京開會。"])
     assert "".join(t.text for t in result.tokens) == "國務院在北京開會。"
+
+
+def test_a_corpus_on_its_own_head_leaves_the_bundle_with_the_served_head_alone(tmp_path: Path) -> None:
+    config = TrainConfig.from_toml(ROOT / "training" / "configs" / "tiny.toml")
+    config = replace(config, ner_train=["msra-train", "resume-train"], ner_dev=["msra-dev"], ner_head_of={"resume-train": 1}, epochs=1)
+    train(config, tmp_path / "bundle", progress=False)
+    network, metadata = load_bundle(tmp_path / "bundle")
+    assert not [name for name in network.state_dict() if name.startswith("aux_")]
+    assert metadata["config"]["ner_head_of"] == {"resume-train": 1}
+    build_network(metadata).load_state_dict(network.state_dict())  # the served shape, strictly
+    [result] = Tagger.load(tmp_path / "bundle", "cpu").tag(["李明在北京大学工作。"])
+    assert "".join(t.text for t in result.tokens) == "李明在北京大学工作。"
+
+
+def test_unknown_corpus_in_ner_head_of_is_an_error(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text('ner_train = ["msra-train"]\nner_head_of = { "cluener-train" = 1 }\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"ner_head_of names \['cluener-train'\], which are not in ner_train"):
+        TrainConfig.from_toml(config)

@@ -50,6 +50,9 @@ class TrainConfig:
     ner_train: list[str] = field(default_factory=lambda: ["msra-train"])
     ner_dev: list[str] = field(default_factory=lambda: ["msra-dev"])
     ner_repeat: dict[str, int] = field(default_factory=dict)  # a training corpus's sentences this many times per epoch (default 1)
+    # Which NER head a training corpus trains: 0 (default) is the served head; 1, 2, ... are
+    # training-only heads for corpora whose guidelines differ, dropped from the bundle.
+    ner_head_of: dict[str, int] = field(default_factory=dict)
     data_dir: str = ""  # the extra-data folder (cluener, resume, text); "" = ../shared/data
     # Pretrained inputs (training only; the bundle carries the fine-tuned tables):
     lac_source: str = ""  # LAC-2.1.2.tar.gz (`make lac`): character table from LAC's, its characters added to the vocabulary
@@ -86,9 +89,10 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
         config = cls(network=network, **data)
-        stray = set(config.ner_repeat) - set(config.ner_train)
-        if stray:
-            raise ValueError(f"{path}: ner_repeat names {sorted(stray)}, which are not in ner_train {config.ner_train}")
+        for key in ("ner_repeat", "ner_head_of"):
+            stray = set(getattr(config, key)) - set(config.ner_train)
+            if stray:
+                raise ValueError(f"{path}: {key} names {sorted(stray)}, which are not in ner_train {config.ner_train}")
         return config
 
 
@@ -98,6 +102,7 @@ class Sequence_:
     seg: list[int] | None
     pos: list[int] | None
     ner: list[int] | None
+    ner_head: int = 0
 
 
 def to_sequences(examples: list[Example], featuriser: Featuriser | None, labels: dict[str, list[str]], max_len: int) -> list[Sequence_]:
@@ -153,9 +158,9 @@ class Optimiser:
         self.dense = [p for n, p in network.named_parameters() if "embedding" not in n]
         self.optimisers = [torch.optim.Adam(self.dense, lr=learning_rate), torch.optim.SparseAdam(self.sparse, lr=embedding_learning_rate or learning_rate)]
 
-    def step(self, batch: Batch, seg: torch.Tensor | None, pos: torch.Tensor | None, ner: torch.Tensor | None) -> float:
+    def step(self, batch: Batch, seg: torch.Tensor | None, pos: torch.Tensor | None, ner: torch.Tensor | None, ner_head: int = 0) -> float:
         """One update on `batch`; returns the summed (unweighted) loss."""
-        losses = self.network.loss(batch.chars, batch.bigrams, batch.lexicon, batch.lengths, seg, pos, ner, batch.words, batch.word_weights)
+        losses = self.network.loss(batch.chars, batch.bigrams, batch.lexicon, batch.lengths, seg, pos, ner, batch.words, batch.word_weights, ner_head)
         chars = int(batch.lengths.sum())
         objective = 0.0
         for task, loss in losses.items():
@@ -278,12 +283,18 @@ def train(config: TrainConfig, out: Path, progress: bool = True) -> dict:
         print(f"words {len(word_vocab)}", file=sys.stderr)
     print(f"chars {len(char_vocab)}, bigrams {len(bigram_vocab)}, pos labels {len(labels['pos'])}, ner labels {len(labels['ner'])}", file=sys.stderr)
     pd98_sequences = to_sequences(pd98_train, featuriser, labels, config.max_len)
-    ner_sequences = to_sequences([e for name, examples in zip(config.ner_train, ner_train_by_corpus) for e in examples * config.ner_repeat.get(name, 1)], featuriser, labels, config.max_len)
+    ner_sequences = []
+    for name, examples in zip(config.ner_train, ner_train_by_corpus):
+        sequences = to_sequences(examples * config.ner_repeat.get(name, 1), featuriser, labels, config.max_len)
+        for sequence in sequences:
+            sequence.ner_head = config.ner_head_of.get(name, 0)
+        ner_sequences += sequences
     train_chars = sum(len(s.inputs) for s in pd98_sequences + ner_sequences)
     print(f"training sequences: pd98 {len(pd98_sequences)}, ner {len(ner_sequences)} ({', '.join(config.ner_train)}), {train_chars} atoms", file=sys.stderr)
 
     num_words = len(word_vocab) if word_vocab else 0
-    network = TaggerNetwork(config.network, len(char_vocab), len(bigram_vocab), Lexicon.size, labels["seg"], labels["pos"], labels["ner"], num_words)
+    aux_heads = max(config.ner_head_of.values(), default=0)
+    network = TaggerNetwork(config.network, len(char_vocab), len(bigram_vocab), Lexicon.size, labels["seg"], labels["pos"], labels["ner"], num_words, aux_heads)
     pretrained = initialise_tables(network, config, char_vocab, bigram_vocab)
     network = network.to(device)
     optimiser = Optimiser(network, config.learning_rate, config.clip, config.task_weights, config.balance_losses, config.embedding_learning_rate)
@@ -325,7 +336,10 @@ def train(config: TrainConfig, out: Path, progress: bool = True) -> dict:
     budget = config.time_budget_minutes * 60 if config.time_budget_minutes else math.inf
     for epoch in range(1, config.epochs + 1):
         network.train()
-        batches = make_batches(pd98_sequences, config.batch_size, rng) + make_batches(ner_sequences, config.batch_size, rng)
+        # NER batches by head: a batch trains one NER head
+        batches = make_batches(pd98_sequences, config.batch_size, rng)
+        for head in range(aux_heads + 1):
+            batches += make_batches([s for s in ner_sequences if s.ner_head == head], config.batch_size, rng)
         rng.shuffle(batches)
         total_loss, total_chars, epoch_start = 0.0, 0, time.time()
         bar = tqdm(batches, desc=f"epoch {epoch}", disable=not progress, mininterval=5)
@@ -333,7 +347,7 @@ def train(config: TrainConfig, out: Path, progress: bool = True) -> dict:
             tensors = pad([s.inputs for s in batch]).to(device)
             steps = tensors.chars.shape[1]
             gold = [label_tensor(batch, task, steps) for task in ("seg", "pos", "ner")]
-            total_loss += optimiser.step(tensors, *(None if t is None else t.to(device) for t in gold))
+            total_loss += optimiser.step(tensors, *(None if t is None else t.to(device) for t in gold), ner_head=batch[0].ner_head)
             if averaged is not None:
                 averaged.update_parameters(network)
             total_chars += int(tensors.lengths.sum())
@@ -363,6 +377,7 @@ def train(config: TrainConfig, out: Path, progress: bool = True) -> dict:
             break
 
     network.load_state_dict(best)  # the averaged weights when ema_decay is set: same names, same shapes
+    network.drop_aux_heads()
     minutes = (time.time() - started) / 60
     metadata["training"] = {
         "best_epoch": best_epoch,
