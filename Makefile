@@ -35,10 +35,13 @@ train: venv lac pretrain
 
 lac: $(LAC_SDIST)
 
-# pip builds an sdist's metadata even for `download`, and needs setuptools and wheel for it.
-$(LAC_SDIST): | venv
-	$(BIN)/pip install -q setuptools wheel
-	$(BIN)/pip download -q --no-deps --no-build-isolation lac==2.1.2 -d $(dir $@)
+# pip builds an sdist's metadata even for `download`; LAC's setup.py imports pkg_resources,
+# which setuptools 81 dropped, so an older setuptools runs it, in a throwaway venv of its own.
+$(LAC_SDIST):
+	$(PYTHON) -m venv $(dir $@)venv
+	$(dir $@)venv/bin/pip install -q 'setuptools<81' wheel
+	$(dir $@)venv/bin/pip download -q --no-deps --no-build-isolation lac==2.1.2 -d $(dir $@)
+	rm -rf $(dir $@)venv
 
 pretrain: $(BIGRAM_VECTORS)
 

