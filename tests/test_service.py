@@ -97,7 +97,7 @@ def test_model_endpoint_describes_the_bundle(server):
     assert set(body["labels"]) == {"seg", "pos", "ner"}
     assert "PER" in "".join(body["labels"]["ner"])
     assert body["evaluation"]["dev"]["ner"]["f1"] >= 0
-    assert body["corpora"]["ner"]["train"] == "msra-train"
+    assert body["corpora"]["ner"]["train"] == ["msra-train"]
 
 
 def test_openapi_documents_tag_with_examples(server):
