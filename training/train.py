@@ -46,7 +46,7 @@ class TrainConfig:
     version: str = "1.0.0"
     pd98_train: str = "pd98-train"
     pd98_dev: str = "pd98-dev"
-    # NER corpora, all into the one NER head (types mapped to PER/LOC/ORG by training.corpora)
+    # NER corpora, into the one NER head unless ner_head_of says otherwise (types mapped to PER/LOC/ORG by training.corpora)
     ner_train: list[str] = field(default_factory=lambda: ["msra-train"])
     ner_dev: list[str] = field(default_factory=lambda: ["msra-dev"])
     ner_repeat: dict[str, int] = field(default_factory=dict)  # a training corpus's sentences this many times per epoch (default 1)
