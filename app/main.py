@@ -44,6 +44,17 @@ REQUEST_ID = re.compile(r"[\w.-]{1,64}")  # a client's X-Request-ID is logged on
 WARMUP_TEXT = "江泽民在北京大学发表讲话。"
 
 
+class WithoutQueryString(logging.Filter):
+    """Cuts the query string from uvicorn's access lines: a client may put a key or a token
+    there (`?api_key=...`), and the log must not keep it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        # uvicorn.access records carry (client, method, path with query, http version, status)
+        if isinstance(record.args, tuple) and len(record.args) >= 3 and isinstance(record.args[2], str):
+            record.args = (*record.args[:2], record.args[2].split("?", 1)[0], *record.args[3:])
+        return True
+
+
 class ServiceState:
     """What the lifespan creates and the routes use."""
 
@@ -145,6 +156,9 @@ def describe_device(tagger: Tagger) -> str:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    access_log = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, WithoutQueryString) for f in access_log.filters):
+        access_log.addFilter(WithoutQueryString())
     state = ServiceState(settings)
 
     @asynccontextmanager
@@ -282,11 +296,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log.info("tag %s: %d texts, %d characters, %d sentences", request_id, len(texts), sum(len(t) for t in texts), len(chunks))
         return Response(orjson.dumps(payload), media_type="application/json", headers={"X-Request-ID": request_id})
 
-    @app.get("/healthz", summary="Liveness: the process answers")
+    # HEAD too: load balancers and uptime checkers send it
+    @app.api_route("/healthz", methods=["GET", "HEAD"], summary="Liveness: the process answers")
     async def healthz() -> dict:
         return {"status": "ok"}
 
-    @app.get("/readyz", summary="Readiness: model loaded and warmed up", responses={503: {"model": ErrorOut}})
+    @app.api_route("/readyz", methods=["GET", "HEAD"], summary="Readiness: model loaded and warmed up", responses={503: {"model": ErrorOut}})
     async def readyz() -> JSONResponse:
         if not state.ready:
             return error(503, "not ready: the model is loading or warming up", headers={"Retry-After": RETRY_AFTER_SECONDS})

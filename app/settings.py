@@ -56,6 +56,15 @@ class Settings(BaseSettings):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
 
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _no_blank_keys(cls, value: object) -> object:
+        # " , " or "key," would otherwise leave fewer keys than meant, or none: authentication
+        # silently off. Unset or empty still means no authentication.
+        if isinstance(value, str) and value.strip() and any(not item.strip() for item in value.split(",")):
+            raise ValueError(f"NER_API_KEYS has a blank key ({value!r}): list keys separated by commas, without empty entries, or leave it unset for no authentication")
+        return value
+
 
 FAULT_MARKER = "\u2063__ner_fault__"
 

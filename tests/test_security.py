@@ -139,6 +139,34 @@ def test_texts_and_keys_never_reach_the_log(client: httpx.Client, server: Server
         assert secret not in log, f"{secret!r} was written to the server log"
 
 
+def test_a_key_in_the_query_string_never_reaches_the_log(client: httpx.Client, server: Server) -> None:
+    """Issue 21, finding 4: `POST /tag?api_key=...` was rejected, but uvicorn's access line
+    logged the full URL with the key in it."""
+    query_secret = "query-" + KEYS[1]
+    assert client.post(f"/tag?api_key={query_secret}&x=1", json={"text": "好"}).status_code == 401
+    assert client.get(f"/healthz?token={query_secret}").status_code == 200
+    log = server.output()
+    assert "POST /tag HTTP/1.1" in log and "GET /healthz HTTP/1.1" in log, "the paths are still logged"
+    assert query_secret not in log
+
+
+def test_blank_api_keys_are_an_error_not_authentication_off() -> None:
+    """Issue 21, finding 5: NER_API_KEYS=" , " used to leave no key, i.e. no authentication."""
+    for value in (" , ", ",", "alpha-7f3c9e1d, ", "alpha-7f3c9e1d,,beta-52aa8b06"):
+        with pytest.raises(ValueError, match="NER_API_KEYS has a blank key"):
+            Settings(api_keys=value)
+    assert Settings(api_keys="").api_keys == []  # unset or empty: no authentication, as documented
+    assert Settings(api_keys=" alpha-7f3c9e1d , beta-52aa8b06 ").api_keys == list(KEYS)
+
+
+def test_head_on_health_endpoints(client: httpx.Client) -> None:
+    """Issue 21, finding 7: load balancers and uptime checkers send HEAD; it answered 405."""
+    for path in ("/healthz", "/readyz"):
+        response = client.head(path)
+        assert response.status_code == 200, path
+        assert response.content == b""
+
+
 # -- CORS ------------------------------------------------------------------------------------
 
 
