@@ -105,16 +105,16 @@ def lac_rows(items: list[str], source: str | Path) -> tuple[np.ndarray, np.ndarr
     return vectors, found
 
 
-def set_rows(embedding: torch.nn.Embedding, vectors: np.ndarray, found: np.ndarray, std: float) -> int:
+def set_rows(embedding: torch.nn.Embedding, vectors: np.ndarray, found: np.ndarray, std: float | None) -> int:
     """Copy the `found` rows of `vectors` into `embedding`, scaled so that their standard
-    deviation is `std` (the table's own initialisation: the learning rates were tuned for it).
-    Returns how many rows were set."""
+    deviation is `std` (the table's own initialisation: the learning rates were tuned for it),
+    or as they are with `std` None. Returns how many rows were set."""
     if vectors.shape[1] != embedding.embedding_dim:
         raise PretrainedError(f"pretrained vectors have {vectors.shape[1]} dimensions, the table {embedding.embedding_dim}: set the table's dimension to match")
     chosen = vectors[found]
     if not len(chosen):
         return 0
-    scaled = chosen * (std / max(float(chosen.std()), 1e-8))
+    scaled = chosen if std is None else chosen * (std / max(float(chosen.std()), 1e-8))
     with torch.no_grad():
         embedding.weight[torch.from_numpy(np.flatnonzero(found))] = torch.from_numpy(scaled).to(embedding.weight.dtype)
     return int(found.sum())

@@ -57,6 +57,7 @@ class TrainConfig:
     # Pretrained inputs (training only; the bundle carries the fine-tuned tables):
     lac_source: str = ""  # LAC-2.1.2.tar.gz (`make lac`): character table from LAC's, its characters added to the vocabulary
     bigram_vectors: str = ""  # gensim KeyedVectors (`python -m training.pretrained`): bigram table initialised from them
+    pretrained_own_scale: bool = False  # copy pretrained vectors as they are, not scaled to network.embedding_init_std
     limit_train: int = 0  # sentences per corpus, 0 = all (tiny runs in tests)
     limit_dev: int = 0
     max_len: int = 150
@@ -238,7 +239,7 @@ def dev_figures(report: dict) -> float:
 def initialise_tables(network: TaggerNetwork, config: TrainConfig, chars: Vocab, bigram_vocab: Vocab) -> dict:
     """Pretrained rows into the character and bigram tables, as configured; what was done, for the metadata."""
     done = {}
-    std = config.network.embedding_init_std
+    std = None if config.pretrained_own_scale else config.network.embedding_init_std
     if config.lac_source:
         rows = set_rows(network.char_embedding, *lac_rows(chars.items, config.lac_source), std)
         done["chars"] = {"source": "Baidu LAC 2.1.2 lac_model word_emb (Apache-2.0), through its q2b.dic", "rows": rows, "of": len(chars), "licence": "Apache-2.0"}
