@@ -179,6 +179,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics.MODEL_INFO.labels(tagger.name, tagger.version, describe_device(tagger)).set(1)
         metrics.QUEUE_CAPACITY.set(settings.queue_capacity)
         log.info("model %s %s loaded from %s on %s", tagger.name, tagger.version, settings.model_path, tagger.device)
+        if tagger.precision == "fp16" and tagger.device.type == "cpu":
+            log.warning("NER_PRECISION=fp16 on the CPU: half precision is meant for CUDA and runs slower here than int8 (the default) or fp32")
         warmup = asyncio.get_running_loop().create_task(_warm_up(state))
         yield
         warmup.cancel()
@@ -376,23 +378,40 @@ async def _warm_up(state: ServiceState) -> None:
     log.info("warm-up batch done; ready")
 
 
-def serve() -> None:
-    """Console script `ner-serve`: uvicorn on NER_HOST:NER_PORT (default 127.0.0.1:8000)."""
-    import os
+def serve(argv: list[str] | None = None) -> None:
+    """Console script `ner-serve`: uvicorn with the NER_* settings (default 127.0.0.1:8000)."""
+    import argparse
     import signal
 
     import uvicorn
+    from pydantic import ValidationError
 
+    parser = argparse.ArgumentParser(
+        prog="ner-serve",
+        description="Serve the Chinese tagger over HTTP (POST /tag). Configured by environment variables:",
+        epilog="\n".join(setting_help()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.parse_args(argv)
+    try:
+        settings = get_settings()
+    except ValidationError as error:
+        problems = "\n".join(f"  NER_{'_'.join(map(str, e['loc'])).upper()}={e.get('input')!r}: {e['msg']}" for e in error.errors())
+        print(f"ner-serve: invalid settings, nothing started:\n{problems}\n(ner-serve --help lists them)", file=sys.stderr)
+        raise SystemExit(2) from None
     # uvicorn drains on SIGTERM and then raises the signal again, so the process would die by it
     # (status -15); after a graceful drain, exit 0 instead, as orchestrators expect.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
-    workers = int(os.environ.get("NER_WORKERS", "1"))
-    metrics.prepare_multiprocess_dir(workers)
-    uvicorn.run(
-        "app.main:create_app",
-        factory=True,
-        host=os.environ.get("NER_HOST", "127.0.0.1"),
-        port=int(os.environ.get("NER_PORT", "8000")),
-        workers=workers,
-        log_level=get_settings().log_level,
-    )
+    metrics.prepare_multiprocess_dir(settings.workers)
+    uvicorn.run("app.main:create_app", factory=True, host=settings.host, port=settings.port, workers=settings.workers, log_level=settings.log_level)
+
+
+def setting_help() -> list[str]:
+    """One line per setting for `ner-serve --help`: variable, default and meaning."""
+    lines = []
+    for name, field in Settings.model_fields.items():
+        if name == "fault_injection":
+            continue  # a test hook, not a user setting
+        default = field.get_default(call_default_factory=True)
+        lines.append(f"  NER_{name.upper():24s} default {default!r}: {field.description or ''}".rstrip(": "))
+    return lines

@@ -17,8 +17,11 @@ DEFAULT_MODEL = str(Path(model.__file__).parent / "artifacts" / "default")
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="NER_", env_file=None, extra="ignore")
 
+    host: str = Field("127.0.0.1", description="Address `ner-serve` listens on (0.0.0.0 for all interfaces).")
+    port: int = Field(8000, ge=1, le=65535, description="Port `ner-serve` listens on.")
+    workers: int = Field(1, ge=1, description="Worker processes of `ner-serve` (each loads the model).")
     model_path: str = Field(DEFAULT_MODEL, description="Bundle folder (network.pt + metadata.json).")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available, else the CPU.")
     # int8 ran 1.17x to 1.34x faster in-process than fp32 on the 2-core benchmark machine (best batch
     # each) and moved every test F1 by at most 0.0003 (model card). On CUDA int8 means fp32;
     # fp16 gave the same test F1 on an H200 but no speed-up (README, Performance).
@@ -38,14 +41,14 @@ class Settings(BaseSettings):
     queue_capacity: int = Field(4096, ge=1, description="Sentences that may wait; beyond it requests get 503.")
     request_timeout_s: float = Field(30.0, gt=0, description="A request still queued after this long gets 503.")
 
-    max_text_chars: int = Field(100_000, ge=1)
-    max_texts: int = Field(256, ge=1)
-    max_body_bytes: int = Field(4_000_000, ge=1)
+    max_text_chars: int = Field(100_000, ge=1, description="Longest text accepted (characters); longer gets 413.")
+    max_texts: int = Field(256, ge=1, description="Most texts in one request; more gets 413.")
+    max_body_bytes: int = Field(4_000_000, ge=1, description="Largest request body (bytes); larger gets 413 before parsing.")
 
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list, description="Comma-separated keys; empty = no authentication.")
     protect_metrics: bool = Field(False, description="Require an API key on /metrics too.")
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, description="Comma-separated origins; empty = CORS off.")
-    log_level: str = "info"
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field("info", description="Log level of the service and uvicorn.")
     log_texts: bool = Field(False, description="Log request texts (off by default for privacy).")
     fault_injection: bool = Field(False, description="Test hook: a text containing FAULT_MARKER makes its batch fail.")
 
@@ -55,6 +58,11 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_case(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
 
     @field_validator("api_keys", mode="before")
     @classmethod

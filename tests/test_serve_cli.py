@@ -1,0 +1,44 @@
+"""`ner-serve`, the production entry point: its options come from Settings and say what is wrong (issue 21, finding 6)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, run_server
+
+NER_SERVE = str(Path(sys.executable).parent / "ner-serve")
+
+
+def ner_serve(*args: str, **env: str) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "NER_TORCH_THREADS": "1", **env}
+    return subprocess.run([NER_SERVE, *args], cwd=ROOT, env=environment, capture_output=True, text=True, timeout=60)
+
+
+def test_help_prints_the_settings_and_starts_nothing() -> None:
+    result = ner_serve("--help")
+    assert result.returncode == 0, result.stderr
+    assert "usage: ner-serve" in result.stdout
+    for variable in ("NER_HOST", "NER_PORT", "NER_WORKERS", "NER_MODEL_PATH", "NER_PRECISION"):
+        assert variable in result.stdout
+    assert "Uvicorn running" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "variable,value,expected",
+    [("NER_PORT", "99999", "less than or equal to 65535"), ("NER_WORKERS", "abc", "valid integer"), ("NER_PRECISION", "int4", "'fp32', 'int8' or 'fp16'")],
+)
+def test_a_bad_setting_stops_start_up_with_a_message_naming_it(variable: str, value: str, expected: str) -> None:
+    result = ner_serve(**{variable: value})
+    assert result.returncode == 2, result.stderr
+    assert variable in result.stderr and expected in result.stderr and repr(value) in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_fp16_on_the_cpu_is_said_at_start_up(tiny_bundle: Path, tmp_path: Path) -> None:
+    with run_server(tiny_bundle, tmp_path, {"NER_DEVICE": "cpu", "NER_PRECISION": "fp16"}) as server:
+        assert "NER_PRECISION=fp16 on the CPU" in server.output()
