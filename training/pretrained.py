@@ -14,6 +14,7 @@ bytes from byte 20, then the float32 rows (58,224 x 128), in the order of
 from __future__ import annotations
 
 import argparse
+import functools
 import gzip
 import logging
 import sys
@@ -60,8 +61,14 @@ def _lac_members(source: Path) -> dict[str, bytes]:
 
 
 def read_lac(source: str | Path) -> tuple[dict[str, int], np.ndarray, dict[str, str]]:
-    """LAC's token -> row index, its (rows, 128) float32 table and its q2b character mapping."""
-    source = Path(source)
+    """LAC's token -> row index, its (rows, 128) float32 table and its q2b character mapping
+    (read once per source: training asks for the characters, then for their rows)."""
+    return _read_lac(str(Path(source).resolve()))
+
+
+@functools.cache
+def _read_lac(path: str) -> tuple[dict[str, int], np.ndarray, dict[str, str]]:
+    source = Path(path)
     files = _lac_members(source)
     index = {}
     for line in files["words"].decode("utf-8").splitlines():
