@@ -1,15 +1,16 @@
 """FastAPI app factory: the model is loaded in the lifespan, routes stay thin.
 
-    uvicorn app.main:create_app --factory --port 8000      (what `make serve` runs)
+    ner-serve      (what `make serve` and the image run: uvicorn with app/protocol.py's limits)
+    uvicorn app.main:create_app --factory --http app.protocol:GuardedHttpToolsProtocol --port 8000
 """
 
 
 import asyncio
-import hmac
 import logging
+import os
 import re
+import signal
 import sys
-import time
 import uuid
 from collections.abc import Awaitable
 from contextlib import asynccontextmanager
@@ -18,14 +19,15 @@ from typing import Annotated, Any, TypeVar
 import orjson
 import torch
 from fastapi import Depends, FastAPI, HTTPException, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.supervisors.multiprocess import Multiprocess
 
 from app import metrics
 from app.batcher import Batcher, BatchFailed, NotAccepting, QueueFull, QueueTimeout, wants_fault
+from app.errors import error, install_error_handlers
+from app.middleware import ApiKeyAuth, BodySizeLimit, ContentEncodingCheck, RequestMetrics
+from app.protocol import GuardedHttpToolsProtocol
 from app.schemas import ErrorOut, TagRequest, TagResponse
 from app.settings import Settings, get_settings
 from model.artifact import read_metadata
@@ -64,87 +66,6 @@ class ServiceState:
         self.batcher: Batcher | None = None
         self.ready = False
         self.user_dict: dict[str, Any] | None = None
-
-
-def error(status: int, message: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
-    return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
-
-
-class BodySizeLimit:
-    """Refuse bodies over `limit` bytes with 413 before anything parses them."""
-
-    def __init__(self, app: ASGIApp, limit: int):
-        self.app = app
-        self.limit = limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            await self._refuse(scope, receive, send)
-            return
-        received = 0
-
-        async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.limit:
-                    metrics.REJECTED.labels("body_too_large").inc()
-                    raise _BodyTooLarge(413, self._message())
-            return message
-
-        await self.app(scope, limited_receive, send)
-
-    def _message(self) -> str:
-        return f"request body is larger than the limit of {self.limit} bytes (NER_MAX_BODY_BYTES)"
-
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        metrics.REJECTED.labels("body_too_large").inc()
-        await error(413, self._message())(scope, receive, send)
-
-
-class _BodyTooLarge(StarletteHTTPException):
-    """A streamed body (no Content-Length) went over the limit.
-
-    An HTTPException because FastAPI re-raises those from its body reading unchanged
-    (any other exception there becomes a 400), so the handler answers 413.
-    """
-
-
-class RequestMetrics:
-    """Count requests by endpoint and status and time them (pure ASGI: no per-request task).
-
-    Outermost, so that 413s from BodySizeLimit are counted too; an exception that escapes
-    the app counts as a 500, as the client sees it."""
-
-    def __init__(self, app: ASGIApp, known_paths: set[str]):
-        self.app = app
-        self.known_paths = known_paths
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-
-        async def send_and_record(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_and_record)
-        finally:
-            route = scope.get("route")
-            endpoint = getattr(route, "path", None) or (scope["path"] if scope["path"] in self.known_paths else "other")
-            metrics.REQUESTS.labels(endpoint, str(status)).inc()
-            metrics.REQUEST_DURATION.labels(endpoint).observe(time.perf_counter() - started)
 
 
 def describe_device(tagger: Tagger) -> str:
@@ -200,57 +121,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.service = state
-    if settings.cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"], allow_headers=["*"])
+    # Added innermost first: a request meets RequestMetrics, CORS, the body limit, the key check
+    # and the encoding check in that order, all before FastAPI reads the body.
+    app.add_middleware(ContentEncodingCheck)
+    app.add_middleware(ApiKeyAuth, keys=settings.api_keys, protected_paths={"/tag", "/model"} | ({"/metrics"} if settings.protect_metrics else set()))
     app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)
-
+    if settings.cors_origins:  # outside the checks, so that browsers can read their errors too
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"], allow_headers=["*"])
     app.add_middleware(RequestMetrics, known_paths={"/tag", "/healthz", "/readyz", "/model", "/metrics", "/docs", "/openapi.json"})
 
-    @app.exception_handler(RequestValidationError)
-    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        content_type = request.headers.get("content-type", "")
-        if request.method == "POST" and "json" not in content_type.lower():
-            # FastAPI does not parse other content types, so the field errors would only confuse.
-            return error(422, f"invalid request body: send JSON with Content-Type: application/json (got {content_type or 'no Content-Type'})")
-        problems = []
-        for item in exc.errors():
-            where = ".".join(str(part) for part in item.get("loc", ()) if part != "body") or "body"
-            problems.append(f"{where}: {item.get('msg')}")
-        detail = [{k: v for k, v in item.items() if k in ("loc", "msg", "type")} for item in exc.errors()]
-        return error(422, "invalid request body: " + "; ".join(problems), detail=detail)
-
-    # Starlette's class: also covers FastAPI's, the router's 404/405 and body-reading errors.
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        if exc.status_code == 400 and exc.__cause__ is not None:
-            # FastAPI could not decode the body (not UTF-8, nested too deeply, ...): an invalid body like bad JSON.
-            cause = exc.__cause__
-            return error(422, f"invalid request body: not readable as UTF-8 JSON ({type(cause).__name__}: {cause})")
-        return error(exc.status_code, str(exc.detail), headers=exc.headers)
-
-    # Dependencies are async: FastAPI runs plain `def` ones in a thread pool, a thread hop
-    # per request for a check that takes microseconds.
-    async def require_key(request: Request) -> None:
-        if not settings.api_keys:
-            return
-        supplied = request.headers.get("x-api-key") or ""
-        authorization = request.headers.get("authorization", "")
-        if not supplied and authorization.lower().startswith("bearer "):
-            supplied = authorization[7:].strip()
-        if not supplied:
-            raise HTTPException(401, "missing API key: send it in the X-API-Key header or as Authorization: Bearer <key>", headers={"WWW-Authenticate": "Bearer"})
-        matches = [hmac.compare_digest(supplied.encode(), key.encode()) for key in settings.api_keys]
-        if not any(matches):
-            raise HTTPException(401, "wrong API key", headers={"WWW-Authenticate": "Bearer"})
+    install_error_handlers(app)
 
     async def ready_tagger() -> Tagger:
         if not state.ready or state.tagger is None:
             raise HTTPException(503, "not ready: the model is still loading", headers={"Retry-After": RETRY_AFTER_SECONDS})
         return state.tagger
 
-    Authorised = Depends(require_key)
-
-    @app.post("/tag", response_model=TagResponse, dependencies=[Authorised], summary="Segment, POS-tag and find entities")
+    @app.post("/tag", response_model=TagResponse, summary="Segment, POS-tag and find entities")
     async def tag(body: TagRequest, request: Request, tagger: Annotated[Tagger, Depends(ready_tagger)]) -> Response:
         texts = body.all_texts()
         if len(texts) > settings.max_texts:
@@ -298,18 +185,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log.info("tag %s: %d texts, %d characters, %d sentences", request_id, len(texts), sum(len(t) for t in texts), len(chunks))
         return Response(orjson.dumps(payload), media_type="application/json", headers={"X-Request-ID": request_id})
 
-    # HEAD too: load balancers and uptime checkers send it
-    @app.api_route("/healthz", methods=["GET", "HEAD"], summary="Liveness: the process answers")
+    # HEAD too: load balancers and uptime checkers send it. A route of its own, after GET's and
+    # left out of the schema as HTTP implies it: with api_route(methods=["GET", "HEAD"]) both
+    # operations took the id of whichever method a set yielded first, which varied by process.
+    @app.head("/healthz", include_in_schema=False)
+    @app.get("/healthz", summary="Liveness: the process answers")
     async def healthz() -> dict:
         return {"status": "ok"}
 
-    @app.api_route("/readyz", methods=["GET", "HEAD"], summary="Readiness: model loaded and warmed up", responses={503: {"model": ErrorOut}})
+    @app.head("/readyz", include_in_schema=False)
+    @app.get("/readyz", summary="Readiness: model loaded and warmed up", responses={503: {"model": ErrorOut}})
     async def readyz() -> JSONResponse:
         if not state.ready:
             return error(503, "not ready: the model is loading or warming up", headers={"Retry-After": RETRY_AFTER_SECONDS})
         return JSONResponse({"status": "ready"})
 
-    @app.get("/model", dependencies=[Authorised], summary="The loaded model: labels, corpora, evaluation figures")
+    @app.get("/model", summary="The loaded model: labels, corpora, evaluation figures")
     async def model_info() -> dict:
         metadata = state.tagger.metadata if state.tagger else read_metadata(settings.model_path)
         return {
@@ -327,9 +218,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         }
 
     @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics (text exposition format)")
-    async def prometheus_metrics(request: Request) -> Response:
-        if settings.protect_metrics:
-            await require_key(request)
+    async def prometheus_metrics() -> Response:
         body, content_type = metrics.render()
         return Response(body, media_type=content_type)
 
@@ -381,7 +270,6 @@ async def _warm_up(state: ServiceState) -> None:
 def serve(argv: list[str] | None = None) -> None:
     """Console script `ner-serve`: uvicorn with the NER_* settings (default 127.0.0.1:8000)."""
     import argparse
-    import signal
 
     import uvicorn
     from pydantic import ValidationError
@@ -399,11 +287,41 @@ def serve(argv: list[str] | None = None) -> None:
         problems = "\n".join(f"  NER_{'_'.join(map(str, e['loc'])).upper()}={e.get('input')!r}: {e['msg']}" for e in error.errors())
         print(f"ner-serve: invalid settings, nothing started:\n{problems}\n(ner-serve --help lists them)", file=sys.stderr)
         raise SystemExit(2) from None
+    metrics.prepare_multiprocess_dir(settings.workers)
+    config = uvicorn.Config("app.main:create_app", factory=True, host=settings.host, port=settings.port, workers=settings.workers, log_level=settings.log_level, http=GuardedHttpToolsProtocol)
+    if settings.workers > 1:
+        DrainingMultiprocess(config, sockets=[config.bind_socket()]).run()
+        return
     # uvicorn drains on SIGTERM and then raises the signal again, so the process would die by it
     # (status -15); after a graceful drain, exit 0 instead, as orchestrators expect.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
-    metrics.prepare_multiprocess_dir(settings.workers)
-    uvicorn.run("app.main:create_app", factory=True, host=settings.host, port=settings.port, workers=settings.workers, log_level=settings.log_level)
+    server = uvicorn.Server(config)
+    server.run()
+    if not server.started:
+        raise SystemExit(3)  # uvicorn's STARTUP_FAILURE: the model or the port failed
+
+
+class DrainingMultiprocess(Multiprocess):
+    """uvicorn's supervisor, closing its copy of the listening socket before it stops the workers.
+
+    Each worker stops listening when told to shut down, but the parent's copy kept the socket
+    open: the kernel went on accepting connections that no worker would serve, and they hung
+    until the parent exited (then were reset). With every copy closed, a client is refused at
+    once and can go elsewhere while the workers finish the requests they hold."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for stop_signal in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(stop_signal, self._stop_listening)
+
+    def _stop_listening(self, signum: int, frame: Any) -> None:
+        # At once, in the handler: uvicorn's loop reads its signal queue only every 0.5 s.
+        for sock in self.sockets:
+            sock.close()
+        for process in self.processes:
+            if process.pid is not None:
+                os.kill(process.pid, signal.SIGTERM)  # not Process.terminate: that closes the health-check pipes
+        self.signal_queue.append(signum)  # uvicorn's own handling: log, stop, join
 
 
 def setting_help() -> list[str]:

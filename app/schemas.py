@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 Task = Literal["seg", "pos", "ner"]
 
@@ -13,9 +13,14 @@ EXAMPLE_TEXT = "江泽民在北京大学发表讲话。"
 
 def _check_text(value: str) -> str:
     # Lone surrogates cannot be encoded as UTF-8, so no answer could carry them back.
-    if any("\ud800" <= c <= "\udfff" for c in value):
-        raise ValueError("text contains a lone UTF-16 surrogate (e.g. \\ud800), which is not a Unicode character")
+    for position, character in enumerate(value):
+        if "\ud800" <= character <= "\udfff":
+            raise ValueError(f"character {position} is a lone UTF-16 surrogate (\\u{ord(character):04x}), which is not a Unicode character")
     return value
+
+
+# Checked per item, so that an error names the text: texts.3, not texts.
+Text = Annotated[str, AfterValidator(_check_text)]
 
 
 class TagRequest(BaseModel):
@@ -32,19 +37,9 @@ class TagRequest(BaseModel):
         },
     )
 
-    text: str | None = Field(None, description="One text. Give either `text` or `texts`.")
-    texts: list[str] | None = Field(None, description="Several texts, tagged independently.")
+    text: Text | None = Field(None, description="One text. Give either `text` or `texts`.")
+    texts: list[Text] | None = Field(None, description="Several texts, tagged independently.")
     tasks: list[Task] = Field(default_factory=lambda: ["seg", "pos", "ner"], min_length=1, description="Any of seg, pos, ner; pos implies seg.")
-
-    @field_validator("text")
-    @classmethod
-    def _text(cls, value: str | None) -> str | None:
-        return None if value is None else _check_text(value)
-
-    @field_validator("texts")
-    @classmethod
-    def _texts(cls, value: list[str] | None) -> list[str] | None:
-        return None if value is None else [_check_text(v) for v in value]
 
     @model_validator(mode="after")
     def _one_of(self) -> TagRequest:

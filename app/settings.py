@@ -44,6 +44,12 @@ class Settings(BaseSettings):
     max_text_chars: int = Field(100_000, ge=1, description="Longest text accepted (characters); longer gets 413.")
     max_texts: int = Field(256, ge=1, description="Most texts in one request; more gets 413.")
     max_body_bytes: int = Field(4_000_000, ge=1, description="Largest request body (bytes); larger gets 413 before parsing.")
+    # Protocol limits (app/protocol.py, `ner-serve` only): without them an endless header held the
+    # event loop for seconds and idle or 1-byte/s connections stayed open for good.
+    max_header_bytes: int = Field(65_536, ge=1024, description="Largest request line plus headers (bytes); larger gets 431 and the connection is closed.")
+    max_headers: int = Field(100, ge=1, description="Most header lines in one request; more gets 431.")
+    header_timeout_s: float = Field(10.0, gt=0, description="A request's headers must be complete this long after the connection opens (or its first byte arrives); else 408 and the connection is closed.")
+    body_timeout_s: float = Field(30.0, gt=0, description="A request's body must be complete this long after its headers; else the connection is closed.")
 
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list, description="Comma-separated keys; empty = no authentication.")
     protect_metrics: bool = Field(False, description="Require an API key on /metrics too.")

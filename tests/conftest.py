@@ -53,11 +53,12 @@ class Server:
 
 @contextmanager
 def run_server(bundle: Path, tmp_path: Path, env: dict[str, str] | None = None, workers: int = 1, ready_timeout: float = 90) -> Iterator[Server]:
-    """uvicorn on a free localhost port with NER_* settings from `env`; stopped at the end."""
+    """`ner-serve` (the production entry point, the Docker CMD) on a free localhost port with
+    NER_* settings from `env`; stopped at the end."""
     port = free_port()
     log = tmp_path / f"server-{port}.log"
-    environment = {**os.environ, "NER_MODEL_PATH": str(bundle), "NER_TORCH_THREADS": "1", **(env or {})}
-    command = [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
+    environment = {**os.environ, "NER_MODEL_PATH": str(bundle), "NER_TORCH_THREADS": "1", "NER_HOST": "127.0.0.1", "NER_PORT": str(port), "NER_WORKERS": str(workers), **(env or {})}
+    command = [sys.executable, "-c", "from app.main import serve; serve()"]
     with running(command, f"http://127.0.0.1:{port}/readyz", log, environment, ROOT, ready_timeout) as process:
         yield Server(process, port, log)
 

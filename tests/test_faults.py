@@ -135,11 +135,20 @@ def test_a_failing_batch_fails_only_its_own_requests(server: Server) -> None:
         assert httpx.post(url, json={"text": SENTENCE}, timeout=30).status_code == 200
 
 
-def test_a_client_that_leaves_while_queued_leaves_no_work_behind(server: Server, request: pytest.FixtureRequest) -> None:
+def test_a_client_that_leaves_while_queued_leaves_no_work_behind(request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    # The blocker runs as one batch, so the others queue behind it whatever the turn order
+    # (requests take turns within the queue, not within a running batch).
+    one_batch = {"NER_MAX_BATCH_SENTENCES": "4096", "NER_MAX_BATCH_CHARS": "1000000"}
+    with run_server(bundle_under_test(request), tmp_path, one_batch) as server:
+        check_departed_clients_leave_no_work(server, request)
+
+
+def check_departed_clients_leave_no_work(server: Server, request: pytest.FixtureRequest) -> None:
     blocker_chunks = BLOCKER_TEXTS * len(Tagger.load(bundle_under_test(request), "cpu").prepare(BLOCKER).chunks)
     abandoned_text = "今天天气很好。" * 5  # 5 sentences each
     abandoning_clients = 20
     sentences_before = metric(server.url, "ner_batch_size_sentences_sum")
+    waits_before = metric(server.url, "ner_queue_wait_seconds_count")
     gone_before = metric(server.url, 'ner_requests_total{code="499",endpoint="/tag"')
     clients = [httpx.Client(base_url=server.url, timeout=0.5) for _ in range(abandoning_clients)]  # made up front: they cost time
 
@@ -152,7 +161,8 @@ def test_a_client_that_leaves_while_queued_leaves_no_work_behind(server: Server,
 
     with ThreadPoolExecutor(abandoning_clients + 1) as pool:
         blocker = pool.submit(httpx.post, f"{server.url}/tag", json={"texts": [BLOCKER] * BLOCKER_TEXTS}, timeout=120)
-        wait_until(lambda: metric(server.url, "ner_queue_depth") > 0, 60, "the blocker to be queued")
+        # its batch has started once its sentences' queue waits are recorded
+        wait_until(lambda: metric(server.url, "ner_queue_wait_seconds_count") >= waits_before + blocker_chunks, 60, "the blocker's batch to start")
         outcomes = list(pool.map(abandon, clients))
         assert blocker.result().status_code == 200
     for client in clients:
@@ -187,14 +197,21 @@ def start_ner_serve(bundle: Path, log: Path) -> Server:
     return server
 
 
+def send_blocker(server: Server) -> tuple[threading.Thread, list[httpx.Response]]:
+    """The blocker (BLOCKER_TEXTS x BLOCKER) sent from a thread, once it is queued; the list
+    gets its answer."""
+    answers: list[httpx.Response] = []
+    blocker = {"texts": [BLOCKER] * BLOCKER_TEXTS}
+    sender = threading.Thread(target=lambda: answers.append(httpx.post(f"{server.url}/tag", json=blocker, timeout=120)))
+    sender.start()
+    wait_until(lambda: metric(server.url, "ner_queue_depth") > 0, 60, "the request to be queued")
+    return sender, answers
+
+
 def test_sigterm_lets_the_request_in_flight_finish_and_exits_0(request: pytest.FixtureRequest, tmp_path: Path) -> None:
     server = start_ner_serve(bundle_under_test(request), tmp_path / "ner-serve.log")
     try:
-        answers: list[httpx.Response] = []
-        blocker = {"texts": [BLOCKER] * BLOCKER_TEXTS}
-        request = threading.Thread(target=lambda: answers.append(httpx.post(f"{server.url}/tag", json=blocker, timeout=120)))
-        request.start()
-        wait_until(lambda: metric(server.url, "ner_queue_depth") > 0, 60, "the request to be queued")
+        request, answers = send_blocker(server)
         server.process.send_signal(signal.SIGTERM)
         request.join(timeout=120)
         assert server.process.wait(timeout=60) == 0, server.output()

@@ -16,7 +16,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-import app.main
+import app.middleware
 from app.main import create_app
 from app.settings import FAULT_MARKER, Settings
 from tests.conftest import ROOT, Server, run_server
@@ -69,6 +69,14 @@ def test_either_key_in_either_header_is_accepted(client: httpx.Client, headers: 
     assert response.status_code == 200
 
 
+def test_the_key_is_checked_before_the_body_is_read(client: httpx.Client) -> None:
+    """A client without a key learns that first, not what is wrong with its body."""
+    for body, headers in ((b'{"text": ', {"content-type": "application/json"}), (b"\xff\xfe", {"content-type": "application/json"}), (b"{}", {"content-type": "text/plain"})):
+        response = client.post("/tag", content=body, headers=headers)
+        assert response.status_code == 401, response.text
+        assert client.post("/tag", content=body, headers={**headers, **with_key()}).status_code == 422
+
+
 def test_health_and_readiness_are_open(client: httpx.Client) -> None:
     assert client.get("/healthz").status_code == 200
     assert client.get("/readyz").status_code == 200
@@ -94,8 +102,7 @@ def test_metrics_are_open_unless_protected(tmp_path: Path) -> None:
 
 
 def test_keys_are_compared_in_constant_time() -> None:
-    source = inspect.getsource(app.main.create_app)
-    check = source[source.index("def require_key") : source.index("def ready_tagger")]
+    check = inspect.getsource(app.middleware.key_matches)
     assert "hmac.compare_digest" in check
     assert not re.search(r"supplied\s*(==|!=|in\s)|(==|!=)\s*supplied", check), "keys must not be compared with == or `in`"
 
