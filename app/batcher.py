@@ -1,11 +1,14 @@
 """Dynamic micro-batching: chunks of concurrent requests share one forward pass.
 
 Requests put their chunks (sentences after the Tagger's chunking) into one bounded
-queue. One inference thread owns the model and the batching loop: it takes the oldest
-chunk, waits at most `max_wait_ms` for more, closes the batch at `max_batch_sentences`
-or `max_batch_chars`, sorts it by length and runs it. Each chunk's future gets its
-labels back on the event loop, so results return to their requests in order. A full
-queue refuses new work (QueueFull -> 503) rather than queueing forever.
+queue, one lane per request. One inference thread owns the model and the batching loop:
+it fills a batch by taking one sentence from each waiting request in turn (round robin),
+so that a small request is not stuck behind a huge one; when the model was idle it waits
+at most `max_wait_ms` for more, closes the batch at `max_batch_sentences` or
+`max_batch_chars`, sorts it by length and runs it. Each chunk's future gets its labels
+back on the event loop, so results return to their requests in order. A full queue
+refuses new work (QueueFull -> 503) rather than queueing forever; a request with more
+sentences than the whole queue holds could never be admitted (TooManySentences -> 413).
 
 The loop runs on the inference thread, not as an event-loop task, so the next batch
 starts as soon as the last one ends instead of waiting its turn behind every HTTP
@@ -45,6 +48,14 @@ IDLE_TRIM_S = 1.0
 
 class QueueFull(Exception):
     """The queue holds `queue_capacity` sentences already."""
+
+
+class TooManySentences(Exception):
+    """A request with more sentences than `queue_capacity`: it could never be admitted."""
+
+    def __init__(self, sentences: int):
+        super().__init__(f"{sentences} sentences")
+        self.sentences = sentences
 
 
 class QueueTimeout(Exception):
@@ -87,8 +98,9 @@ class Batcher:
         self.tagger = tagger
         self.settings = settings
         self.stats = BatcherStats()
-        self._queue: deque[_Item] = deque()
-        self._changed = threading.Condition()  # guards _queue and _stopping
+        self._lanes: deque[deque[_Item]] = deque()  # one per request with sentences waiting, served in turn
+        self._queued = 0  # sentences in all lanes
+        self._changed = threading.Condition()  # guards _lanes, _queued and _stopping
         self._accepting = True
         self._stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -111,25 +123,25 @@ class Batcher:
         if self._thread.is_alive():
             await asyncio.to_thread(self._thread.join)
 
-    @property
-    def depth(self) -> int:
-        return len(self._queue)
-
     # -- requests (event loop) -------------------------------------------------
 
     async def submit(self, chunks: Sequence[Chunk], tasks: Sequence[str], fault: bool = False) -> list[ChunkLabels]:
-        """Labels for `chunks`, in order. Raises QueueFull, QueueTimeout, BatchFailed, NotAccepting."""
+        """Labels for `chunks`, in order. Raises TooManySentences, QueueFull, QueueTimeout,
+        BatchFailed, NotAccepting."""
         if not chunks:
             return []
+        if len(chunks) > self.settings.queue_capacity:
+            raise TooManySentences(len(chunks))
         if not self._accepting:
             raise NotAccepting()
         loop = asyncio.get_running_loop()
         items = [_Item(chunk, tuple(tasks), loop.create_future(), fault=fault) for chunk in chunks]
         with self._changed:
-            if len(self._queue) + len(items) > self.settings.queue_capacity:
+            if self._queued + len(items) > self.settings.queue_capacity:
                 raise QueueFull()
-            self._queue.extend(items)
-            depth = len(self._queue)
+            self._lanes.append(deque(items))
+            self._queued += len(items)
+            depth = self._queued
             self._changed.notify()
         metrics.QUEUE_DEPTH.set(depth)
         try:
@@ -157,15 +169,15 @@ class Batcher:
                 log.exception("batching loop error; continuing")
 
     def _collect(self) -> list[_Item] | None:
-        """The next batch, oldest first; None once stopped and empty; empty when the queue stayed
-        empty for IDLE_TRIM_S after a batch. When the model was idle, the first sentence waits
-        up to max_wait_ms for the batch to fill."""
+        """The next batch, one sentence from each waiting request in turn; None once stopped and
+        empty; empty when the queue stayed empty for IDLE_TRIM_S after a batch. When the model
+        was idle, the first sentence waits up to max_wait_ms for the batch to fill."""
         settings = self.settings
         expired: list[_Item] = []
         batch: list[_Item] = []
         with self._changed:
-            was_idle = not self._queue
-            while not self._queue:
+            was_idle = not self._queued
+            while not self._queued:
                 if self._stopping:
                     return None
                 if not self._changed.wait(IDLE_TRIM_S if self._batches_since_trim else None):
@@ -173,27 +185,36 @@ class Batcher:
             # Sentences that queued up during the last batch have waited long enough; only
             # a sentence that finds the model idle waits for others to join it.
             deadline = time.monotonic() + settings.max_wait_ms / 1000
-            while was_idle and len(self._queue) < settings.max_batch_sentences and not self._stopping:
+            while was_idle and self._queued < settings.max_batch_sentences and not self._stopping:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
                 self._changed.wait(remaining)
             chars = 0
             now = time.monotonic()
-            while self._queue and len(batch) < settings.max_batch_sentences:
-                item = self._queue[0]
-                if item.future.done():  # cancelled: the client went away
-                    self._queue.popleft()
+            while self._lanes and len(batch) < settings.max_batch_sentences:
+                lane = self._lanes[0]
+                item = lane[0]
+                if now - item.enqueued > settings.request_timeout_s:  # the whole request queued together
+                    expired.extend(lane)
+                    self._queued -= len(lane)
+                    self._lanes.popleft()
                     continue
-                if now - item.enqueued > settings.request_timeout_s:
-                    expired.append(self._queue.popleft())
+                if item.future.done():  # cancelled: the client went away (submit cancels the whole request)
+                    self._queued -= len(lane)
+                    self._lanes.popleft()
                     continue
                 if batch and chars + len(item.chunk) > settings.max_batch_chars:
                     break
-                self._queue.popleft()
                 batch.append(item)
                 chars += len(item.chunk)
-            depth = len(self._queue)
+                lane.popleft()
+                self._queued -= 1
+                if lane:
+                    self._lanes.rotate(-1)  # the next request's turn
+                else:
+                    self._lanes.popleft()
+            depth = self._queued
         metrics.QUEUE_DEPTH.set(depth)
         if expired:
             self._settle(expired, error=QueueTimeout())

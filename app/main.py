@@ -24,7 +24,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from uvicorn.supervisors.multiprocess import Multiprocess
 
 from app import metrics
-from app.batcher import Batcher, BatchFailed, NotAccepting, QueueFull, QueueTimeout, wants_fault
+from app.batcher import Batcher, BatchFailed, NotAccepting, QueueFull, QueueTimeout, TooManySentences, wants_fault
 from app.errors import error, install_error_handlers
 from app.middleware import ApiKeyAuth, BodySizeLimit, ContentEncodingCheck, RequestMetrics
 from app.protocol import GuardedHttpToolsProtocol
@@ -156,6 +156,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         assert state.batcher is not None
         try:
             labels = await unless_client_leaves(request, state.batcher.submit(chunks, tasks, wants_fault(texts, settings)))
+        except TooManySentences as refusal:
+            metrics.REJECTED.labels("too_many_sentences").inc()
+            raise HTTPException(413, f"the texts split into {refusal.sentences} sentences, more than the queue holds ({settings.queue_capacity}, NER_QUEUE_CAPACITY): send them in several requests") from None
         except QueueFull:
             metrics.REJECTED.labels("queue_full").inc()
             raise HTTPException(503, f"overloaded: the queue holds {settings.queue_capacity} sentences (NER_QUEUE_CAPACITY); retry later", headers={"Retry-After": RETRY_AFTER_SECONDS}) from None

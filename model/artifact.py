@@ -40,12 +40,13 @@ def save_bundle(path: str | Path, network: torch.nn.Module, metadata: dict[str, 
     return folder
 
 
-def build_network(metadata: dict[str, Any]) -> torch.nn.Module:
-    """A fresh (eager, untrained) TaggerNetwork shaped as the bundle's metadata describes."""
+def build_network(metadata: dict[str, Any], network_class: type | None = None) -> torch.nn.Module:
+    """A fresh (eager, untrained) TaggerNetwork (or `network_class`, a subclass) shaped as the
+    bundle's metadata describes."""
     from model.network import NetworkConfig, TaggerNetwork
 
     labels = metadata["labels"]
-    return TaggerNetwork(
+    return (network_class or TaggerNetwork)(
         NetworkConfig(**metadata["config"]["network"]),
         len(metadata["vocab"]["chars"]),
         len(metadata["vocab"]["bigrams"]),
@@ -102,20 +103,6 @@ def eager_copy(network: torch.jit.ScriptModule, metadata: dict[str, Any]) -> tor
     eager = build_network(metadata)
     eager.load_state_dict(network.state_dict())
     return eager.eval()
-
-
-def quantise(network: torch.jit.ScriptModule, metadata: dict[str, Any]) -> torch.jit.ScriptModule:
-    """An int8 copy for the CPU: dynamic quantisation of the RNN and linear layers
-    (weights int8, activations quantised on the fly), scripted again. Done at load time,
-    so a bundle ships one set of weights."""
-    import warnings
-
-    eager = eager_copy(network, metadata)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.ao's deprecation notice for eager-mode quantisation
-        quantised = torch.ao.quantization.quantize_dynamic(eager, {torch.nn.LSTM, torch.nn.GRU, torch.nn.Linear}, dtype=torch.qint8)
-        scripted = torch.jit.script(quantised)
-    return owned_by_torchscript(scripted.eval())
 
 
 def half_precision(network: torch.jit.ScriptModule, metadata: dict[str, Any], device: str | torch.device) -> torch.jit.ScriptModule:

@@ -20,8 +20,9 @@ from typing import Any
 
 import torch
 
-from model.artifact import PRECISIONS, half_precision, load_bundle, quantise
+from model.artifact import PRECISIONS, half_precision, load_bundle
 from model.features import Featuriser
+from model.int8 import quantise
 from model.lexicon import Lexicon
 from model.memory import freeze_long_lived_objects, release_free_memory
 from model.schemes import decode

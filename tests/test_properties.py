@@ -9,6 +9,7 @@ and the same answer twice.
 from __future__ import annotations
 
 import unicodedata
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -16,6 +17,7 @@ from hypothesis import strategies as st
 
 from model.tagger import TASKS, Tagger, TagResult
 from tests.test_bad_input import bundle_under_test
+from training.corpora import load_corpus
 
 ZWJ = "\u200d"
 CJK = "".join(chr(code) for code in range(0x4E00, 0x4E00 + 400))  # common ideographs
@@ -95,3 +97,31 @@ def test_long_texts_without_punctuation_are_chunked_and_covered(tagger: Tagger, 
     """Longer than the model's window (max_len) and no place to cut but the limit."""
     [result] = tagger.tag([text], ("seg",))
     check_covering(result, text, ("seg",))
+
+
+# -- the same text, the same answer, in any batch (issue 20) -----------------------------------
+
+BATCH_POOL = [example.text for example in load_corpus("msra-test")[:300]]
+
+
+@pytest.fixture(scope="module", params=["fp32", "int8"])
+def shipped_tagger(request: pytest.FixtureRequest, shipped_bundle: Path) -> tuple[Tagger, dict[int, TagResult]]:
+    """The shipped model at each CPU precision, with a cache of each pool sentence tagged alone."""
+    return Tagger.load(shipped_bundle, "cpu", precision=request.param), {}
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(picked=st.lists(st.integers(0, len(BATCH_POOL) - 1), min_size=1, max_size=96), batch_size=st.integers(1, 96))
+def test_a_sentence_gets_the_same_tags_in_any_batch(shipped_tagger: tuple[Tagger, dict[int, TagResult]], picked: list[int], batch_size: int) -> None:
+    """Any subset of real sentences, in any order and batch size (so with any neighbours and
+    padding), gets exactly the answer each sentence gets alone. int8 failed this before its
+    activation ranges were pinned (model/int8.py)."""
+    tagger, alone = shipped_tagger
+    for index in picked:
+        if index not in alone:
+            [alone[index]] = tagger.tag([BATCH_POOL[index]])
+    for start in range(0, len(picked), batch_size):
+        indices = picked[start : start + batch_size]
+        results = tagger.tag([BATCH_POOL[index] for index in indices])
+        for index, result in zip(indices, results):
+            assert result == alone[index], f"{tagger.precision}: sentence {index} tagged differently beside {len(indices) - 1} others"
