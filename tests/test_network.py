@@ -1,11 +1,14 @@
 """The network: TorchScript export equals eager; the RNN cells match the gate equations."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from model.artifact import build_network, load_bundle
+from model.artifact import build_network, eager_copy, load_bundle, save_bundle
+from model.int8 import pinned_copy
 from model.network import NetworkConfig, TaggerNetwork
 from model.schemes import make_labels
 from model.tagger import Tagger
@@ -210,3 +213,22 @@ def test_joint_decoding_equals_each_crf_alone():
         seg, ner = network.decode_seg_and_ner(seg_scores, ner_scores, lengths)
         assert torch.equal(seg, network.seg_crf.viterbi(seg_scores, lengths))
         assert torch.equal(ner, network.ner_crf.viterbi(ner_scores, lengths))
+
+
+@pytest.mark.parametrize("cell, layers", [("lstm", 1), ("gru", 1), ("lstm", 2), ("gru", 2)])
+def test_the_int8_copy_gives_fp32_answers_and_none_that_depend_on_the_batch(tiny_bundle, tmp_path, cell: str, layers: int) -> None:
+    """model/int8.py: the pinned network (before quantisation) is the same function as the
+    original, and its int8 copy tags each sentence alike alone and batched, for every cell shape."""
+    _, metadata = load_bundle(tiny_bundle)
+    metadata = copy.deepcopy(metadata)
+    metadata["config"]["network"].update(cell=cell, num_layers=layers)
+    torch.manual_seed(0)
+    save_bundle(tmp_path, build_network(metadata).eval(), metadata)
+    texts = ["江泽民在北京大学发表讲话。", "张三去了上海。", "我们的任务宏伟艰巨，面临的形势催人奋进。", "好"]
+    tagger = Tagger.load(tmp_path, "cpu")
+    expected = tagger.tag(texts)
+    scripted, _ = load_bundle(tmp_path)
+    tagger.network = torch.jit.script(pinned_copy(eager_copy(scripted, metadata), metadata))
+    assert tagger.tag(texts) == expected
+    int8 = Tagger.load(tmp_path, "cpu", precision="int8")
+    assert [int8.tag([text])[0] for text in texts] == int8.tag(texts) == int8.tag(texts[::-1])[::-1]
