@@ -1,0 +1,44 @@
+"""What the routes depend on: the service's state and the ready tagger (FastAPI dependencies).
+
+Dependencies are async: FastAPI runs plain `def` ones in a thread pool, a thread hop per
+request for a check that takes microseconds.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import Depends, HTTPException, Request
+
+from app.batcher import Batcher
+from app.settings import Settings
+from model.tagger import Tagger
+
+RETRY_AFTER_SECONDS = "1"
+
+
+class ServiceState:
+    """What the lifespan creates and the routes use."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.tagger: Tagger | None = None
+        self.batcher: Batcher | None = None
+        self.ready = False
+        self.user_dict: dict[str, Any] | None = None
+
+
+async def service_state(request: Request) -> ServiceState:
+    return request.app.state.service
+
+
+State = Annotated[ServiceState, Depends(service_state)]
+
+
+async def ready_tagger(state: State) -> Tagger:
+    if not state.ready or state.tagger is None:
+        raise HTTPException(503, "not ready: the model is still loading", headers={"Retry-After": RETRY_AFTER_SECONDS})
+    return state.tagger
+
+
+ReadyTagger = Annotated[Tagger, Depends(ready_tagger)]
