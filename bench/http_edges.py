@@ -3,7 +3,8 @@
     python -m bench.http_edges [--model model/artifacts/default] [--out bench/results/http_edges.json]
 
 1. Endless headers: how many bytes one connection may send as a never-ending header before
-   the server cuts it off, and /healthz latency while 8 such connections send as fast as they can.
+   the server cuts it off, and /healthz latency without them and while 8 clients send such
+   headers as fast as they can (reconnecting each time they are cut off).
 2. Connections that never finish a request (5 idle, 5 half a request line, 5 half the
    headers, 5 half a body): when the server closes each.
 3. Two workers, SIGTERM during a long request: what happens to a request sent 0.5 s later,
@@ -57,7 +58,18 @@ def endless_header(port: int, stop: threading.Event | None = None, limit: int = 
     return sent, reply
 
 
+def healthz_ms(url: str, probes: int = 50) -> dict:
+    latencies = []
+    for _ in range(probes):
+        started = time.perf_counter()
+        httpx.get(f"{url}/healthz", timeout=30)
+        latencies.append((time.perf_counter() - started) * 1000)
+        time.sleep(0.05)
+    return {"p50": round(statistics.median(latencies), 1), "max": round(max(latencies), 1), "probes": probes}
+
+
 def measure_headers(url: str) -> dict:
+    quiet = healthz_ms(url)
     sent, reply = endless_header(port_of(url))
     stop = threading.Event()
 
@@ -72,19 +84,15 @@ def measure_headers(url: str) -> dict:
     for attacker in attackers:
         attacker.start()
     time.sleep(1)
-    latencies = []
-    for _ in range(50):
-        started = time.perf_counter()
-        httpx.get(f"{url}/healthz", timeout=30)
-        latencies.append((time.perf_counter() - started) * 1000)
-        time.sleep(0.05)
+    attacked = healthz_ms(url)
     stop.set()
     for attacker in attackers:
         attacker.join(timeout=30)
     return {
         "one_connection_bytes_sent_before_cut_off": sent,
         "one_connection_answer": reply.split(b"\r\n", 1)[0].decode(errors="replace"),
-        "healthz_ms_with_8_endless_headers": {"p50": round(statistics.median(latencies), 1), "max": round(max(latencies), 1), "probes": len(latencies)},
+        "healthz_ms_alone": quiet,
+        "healthz_ms_with_8_endless_headers": attacked,
     }
 
 
