@@ -56,6 +56,11 @@ def describe_device(tagger: Tagger) -> str:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # jieba logs through a stderr handler of its own at DEBUG and also passes its records to
+    # ours: every start-up line came out twice. Through ours only, at NER_LOG_LEVEL.
+    jieba_log = logging.getLogger("jieba")
+    jieba_log.handlers.clear()
+    jieba_log.setLevel(logging.NOTSET)
     access_log = logging.getLogger("uvicorn.access")
     if not any(isinstance(f, WithoutQueryString) for f in access_log.filters):
         access_log.addFilter(WithoutQueryString())

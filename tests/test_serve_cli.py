@@ -42,3 +42,10 @@ def test_a_bad_setting_stops_start_up_with_a_message_naming_it(variable: str, va
 def test_fp16_on_the_cpu_is_said_at_start_up(tiny_bundle: Path, tmp_path: Path) -> None:
     with run_server(tiny_bundle, tmp_path, {"NER_DEVICE": "cpu", "NER_PRECISION": "fp16"}) as server:
         assert "NER_PRECISION=fp16 on the CPU" in server.output()
+
+
+def test_jieba_start_up_lines_come_once_through_the_service_log(tiny_bundle: Path, tmp_path: Path) -> None:
+    with run_server(tiny_bundle, tmp_path, {"NER_LOG_LEVEL": "debug"}) as server:
+        output = server.output()
+    assert output.count("Prefix dict has been built") == 1, output[:3000]
+    assert "DEBUG jieba: Prefix dict has been built" in output  # in our format, at our level
