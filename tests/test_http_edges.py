@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bench.http_edges import endless_header
 from tests.conftest import Server, run_server
 from tests.test_bad_input import bundle_under_test, long_cjk
 from tests.test_faults import BLOCKER, send_blocker
@@ -44,16 +45,7 @@ def answer(connection: socket.socket) -> bytes:
 
 
 def test_an_endless_header_is_cut_off_within_1_mb(server: Server) -> None:
-    connection = connect(server)
-    connection.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Endless: ")
-    sent = 0
-    try:
-        while sent < 4 * MB:
-            connection.sendall(b"a" * 65536)
-            sent += 65536
-    except OSError:  # the server closed the connection: further writes fail
-        pass
-    reply = answer(connection) if sent < 4 * MB else b""
+    sent, reply = endless_header(server.port, limit=4 * MB)
     assert reply.startswith(b"HTTP/1.1 431 "), f"no 431 after {sent} bytes of header: {reply[:200]!r}"
     assert b"NER_MAX_HEADER_BYTES" in reply
     assert sent <= MB, f"the server read {sent} bytes of header before refusing"
