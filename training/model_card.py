@@ -131,7 +131,7 @@ def render_card(metadata: dict) -> str:
         f"| segmentation | OOV recall | {f(seg['model']['seg']['oov_recall'])} | {f(seg['jieba.cut']['seg']['oov_recall'])} (cut) | {f(seg['LAC']['seg']['oov_recall'])} |",
         f"| POS {SEG_TEST} | joint span+tag F1 | {f(seg['model']['pos']['f1'])} | {f(seg['jieba.posseg']['pos']['f1'])} | {f(seg['LAC']['pos']['f1'])} |",
         "",
-        "int8 (`NER_PRECISION=int8`, dynamic quantisation of the LSTM and linear layers on the CPU), same test splits: "
+        "int8 (`NER_PRECISION=int8`, the LSTM and the heads quantised on the CPU with fixed activation ranges, so that answers do not depend on the batch; `model/int8.py`), same test splits: "
         + ", ".join(f"{corpus} NER F1 {f(evaluation[f'{corpus}-int8']['model']['ner']['f1'])}" for corpus in NER_TEST)
         + f", seg F1 {f(evaluation[f'{SEG_TEST}-int8']['model']['seg']['f1'])}, POS F1 {f(evaluation[f'{SEG_TEST}-int8']['model']['pos']['f1'])}.",
         "",
