@@ -46,9 +46,12 @@ def answer(connection: socket.socket) -> bytes:
 
 def test_an_endless_header_is_cut_off_within_1_mb(server: Server) -> None:
     sent, reply = endless_header(server.port, limit=4 * MB)
-    assert reply.startswith(b"HTTP/1.1 431 "), f"no 431 after {sent} bytes of header: {reply[:200]!r}"
-    assert b"NER_MAX_HEADER_BYTES" in reply
-    assert sent <= MB, f"the server read {sent} bytes of header before refusing"
+    assert sent <= MB, f"the server was still reading after {sent} bytes of header"
+    # The 431 comes first; closing with unread bytes pending may reset the connection before
+    # the client reads it, which is the other accepted outcome.
+    assert reply.startswith(b"HTTP/1.1 431 ") or reply == b"", reply[:200]
+    if reply:
+        assert b"NER_MAX_HEADER_BYTES" in reply
 
 
 def test_endless_headers_leave_the_event_loop_free(server: Server) -> None:
