@@ -185,7 +185,10 @@ class DrainingMultiprocess(Multiprocess):
             sock.close()
         for process in self.processes:
             if process.pid is not None:
-                os.kill(process.pid, signal.SIGTERM)  # not Process.terminate: that closes the health-check pipes
+                try:
+                    os.kill(process.pid, signal.SIGTERM)  # not Process.terminate: that closes the health-check pipes
+                except ProcessLookupError:
+                    pass  # died meanwhile; uvicorn's loop notices
         self.signal_queue.append(signum)  # uvicorn's own handling: log, stop, join
 
 
