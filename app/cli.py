@@ -20,8 +20,8 @@ from tqdm import tqdm
 
 from app.settings import get_settings
 from model.artifact import PRECISIONS
-from model.lexicon import Lexicon
 from model.tagger import TASKS, Tagger, check_tasks
+from model.user_dict import UserDictionaryError
 
 
 def batched(lines: Iterable[str], size: int) -> Iterator[list[str]]:
@@ -40,7 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default=settings.device, help="auto, cpu or cuda")
     parser.add_argument("--precision", default=settings.precision, choices=list(PRECISIONS), help="int8: quantised, CPU only; fp16: for CUDA")
     parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated subset of seg,pos,ner")
-    parser.add_argument("--user-dict", default=settings.user_dict, help="user dictionary: word [freq] [pos] per line")
+    parser.add_argument("--user-dict", default=settings.user_dict, help="user dictionary: word [freq] [pos] [type] per line (default: NER_USER_DICT)")
+    parser.add_argument("--dict-mode", default=settings.user_dict_mode, choices=["forced", "features"], help="forced: entries always hold (default); features: they only feed the dictionary features")
+    parser.add_argument("--whole-names", action=argparse.BooleanOptionalAction, default=settings.whole_names, help="one token per person's name, tagged nr")
     parser.add_argument("--batch-size", type=int, default=256, help="texts per batch")
     parser.add_argument("--threads", type=int, default=settings.torch_threads, help="torch intra-op threads")
     args = parser.parse_args(argv)
@@ -50,11 +52,15 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         parser.error(str(error))
     torch.set_num_threads(args.threads)
-    lexicon = Lexicon()
+    tagger = Tagger.load(args.model, args.device, precision=args.precision)
     if args.user_dict:
-        added, rejected = lexicon.add_words(args.user_dict)
-        print(f"user dictionary {args.user_dict}: {added} entries, {len(rejected)} rejected lines", file=sys.stderr)
-    tagger = Tagger.load(args.model, args.device, lexicon, args.precision)
+        try:
+            user_dict = tagger.load_dictionary(args.user_dict, forced=args.dict_mode == "forced")
+        except UserDictionaryError as error:
+            parser.error(str(error))
+        print(f"user dictionary {args.user_dict}: {len(user_dict)} entries ({args.dict_mode}), {len(user_dict.rejected)} rejected lines", file=sys.stderr)
+        for rejected in user_dict.rejected:
+            print(f"  line {rejected.line_number} rejected ({rejected.reason}): {rejected.line!r}", file=sys.stderr)
 
     if args.texts:
         lines: Iterable[str] = args.texts
@@ -68,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     progress = tqdm(total=total, unit="text", disable=not args.file, file=sys.stderr)
     try:
         for batch in batched(lines, args.batch_size):
-            for result in tagger.tag(batch, tasks):
+            for result in tagger.tag(batch, tasks, whole_names=args.whole_names):
                 output.write(orjson.dumps(result.to_dict()) + b"\n")
             progress.update(len(batch))
     finally:

@@ -10,12 +10,14 @@ import logging
 import os
 import signal
 import sys
+import time
 from contextlib import asynccontextmanager
 from typing import Any
 
 import torch
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi_offline import FastAPIOffline
 from uvicorn.supervisors.multiprocess import Multiprocess
 
 from app import metrics
@@ -30,6 +32,7 @@ from app.settings import Settings, get_settings
 from model.lexicon import Lexicon
 from model.memory import freeze_long_lived_objects
 from model.tagger import Tagger
+from model.user_dict import UserDictionary, UserDictionaryError
 
 log = logging.getLogger("app")
 
@@ -70,15 +73,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         torch.set_num_threads(settings.torch_threads)
         sys.setswitchinterval(settings.switch_interval_ms / 1000)
-        lexicon = Lexicon()
-        if settings.user_dict:
-            added, rejected = lexicon.add_words(settings.user_dict)
-            state.user_dict = {"path": settings.user_dict, "entries": added, "rejected_lines": len(rejected)}
-            log.info("user dictionary %s: %d entries loaded, %d lines rejected", settings.user_dict, added, len(rejected))
-            for line in rejected[:20]:
-                log.warning("user dictionary %s: rejected line %r (expected: word [freq] [pos])", settings.user_dict, line)
-        tagger = Tagger.load(settings.model_path, settings.device, lexicon, settings.precision)
+        tagger = Tagger.load(settings.model_path, settings.device, Lexicon(), settings.precision)
         state.tagger = tagger
+        if settings.user_dict:
+            load_user_dict(state, strict=False)
+        loop = asyncio.get_running_loop()
+        try:
+            loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(reload_user_dict(state)))
+        except (ValueError, RuntimeError):  # not the main thread (an in-process test client)
+            log.debug("no SIGHUP handler outside the main thread")
         state.batcher = Batcher(tagger, settings)
         state.batcher.start()
         metrics.MODEL_INFO.labels(tagger.name, tagger.version, describe_device(tagger)).set(1)
@@ -93,7 +96,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await state.batcher.close()
         log.info("batcher drained; shutting down")
 
-    app = FastAPI(
+    # FastAPIOffline: /docs and /redoc load their scripts from this service, not from a CDN,
+    # so they work on hosts without internet access.
+    app = FastAPIOffline(
         title="Chinese tagging service",
         version="1.0.0",
         description="Word segmentation, POS tags (PKU tag set) and named entities (PER, LOC, ORG) for Chinese text. "
@@ -112,11 +117,51 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)
     if settings.cors_origins:  # outside the checks, so that browsers can read their errors too
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"], allow_headers=["*"])
-    app.add_middleware(RequestMetrics, known_paths={"/tag", "/healthz", "/readyz", "/model", "/metrics", "/docs", "/openapi.json"})
+    app.add_middleware(RequestMetrics, known_paths={"/tag", "/healthz", "/readyz", "/model", "/metrics", "/docs", "/redoc", "/openapi.json"})
 
     install_error_handlers(app)
     app.include_router(router)
     return app
+
+
+def load_user_dict(state: ServiceState, strict: bool) -> None:
+    """Read NER_USER_DICT into the tagger and record the outcome for GET /model. Raises
+    UserDictionaryError when the file cannot be read, or (`strict`, on reload) when a line is
+    rejected: the dictionary in use then stays."""
+    settings, tagger = state.settings, state.tagger
+    assert settings.user_dict and tagger is not None
+    path = settings.user_dict
+    user_dict = UserDictionary.read(path)
+    own_tags = sorted({entry.pos for entry in user_dict.entries.values() if entry.pos and entry.pos not in tagger.pos_tags})
+    if own_tags:  # allowed (jieba's nrfg, a user's own tags), but a typo would hide here
+        log.warning("user dictionary %s: POS tags outside the model's tag set, given to the tokens as they are: %s", path, ", ".join(own_tags))
+    for rejected in user_dict.rejected[:20]:
+        log.warning("user dictionary %s line %d rejected (%s): %r", path, rejected.line_number, rejected.reason, rejected.line)
+    if strict and user_dict.rejected:
+        raise UserDictionaryError(f"user dictionary {path}: {len(user_dict.rejected)} lines rejected (first: line {user_dict.rejected[0].line_number}, {user_dict.rejected[0].reason})")
+    tagger.use_dictionary(user_dict, forced=settings.user_dict_mode == "forced")
+    state.user_dict = {
+        "path": path,
+        "mode": settings.user_dict_mode,
+        "entries": len(user_dict),
+        "rejected_lines": len(user_dict.rejected),
+        "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "last_reload_error": None,
+    }
+    log.info("user dictionary %s: %d entries loaded (%s), %d lines rejected", path, len(user_dict), settings.user_dict_mode, len(user_dict.rejected))
+
+
+async def reload_user_dict(state: ServiceState) -> None:
+    """On SIGHUP: the user dictionary read again; a file that cannot be read or has a rejected
+    line leaves the one in use, and says why in the log and in GET /model."""
+    if not state.settings.user_dict or state.tagger is None:
+        log.info("SIGHUP: no user dictionary to reload (NER_USER_DICT is not set)")
+        return
+    try:
+        await asyncio.to_thread(load_user_dict, state, True)
+    except UserDictionaryError as error:
+        log.error("SIGHUP: %s; the dictionary loaded before stays in use", error)
+        state.user_dict = {**(state.user_dict or {}), "last_reload_error": str(error)}
 
 
 async def _warm_up(state: ServiceState) -> None:
@@ -190,6 +235,16 @@ class DrainingMultiprocess(Multiprocess):
                 except ProcessLookupError:
                     pass  # died meanwhile; uvicorn's loop notices
         self.signal_queue.append(signum)  # uvicorn's own handling: log, stop, join
+
+    def handle_hup(self) -> None:
+        # uvicorn restarts every worker on SIGHUP; here it means "reload the user dictionary",
+        # which each worker does in place, keeping its dictionary if the new file is bad.
+        for process in self.processes:
+            if process.pid is not None:
+                try:
+                    os.kill(process.pid, signal.SIGHUP)
+                except ProcessLookupError:
+                    pass
 
 
 def setting_help() -> list[str]:

@@ -23,6 +23,7 @@ from app.errors import error
 from app.schemas import ErrorOut, TagRequest, TagResponse
 from model.artifact import read_metadata
 from model.tagger import check_tasks
+from model.user_dict import DictEntry
 
 log = logging.getLogger("app")
 router = APIRouter()
@@ -46,10 +47,11 @@ async def tag(body: TagRequest, request: Request, tagger: ReadyTagger, state: St
             metrics.REJECTED.labels("text_too_long").inc()
             raise HTTPException(413, f"text {index} has {len(text)} characters, the limit is {settings.max_text_chars} (NER_MAX_TEXT_CHARS)")
     tasks = check_tasks(body.tasks)
+    entries = request_entries(body, settings.max_request_entries)
     if sum(len(text) for text in texts) <= INLINE_PREPARE_CHARS:
-        prepared = [tagger.prepare(text) for text in texts]
+        prepared = [tagger.prepare(text, entries) for text in texts]
     else:  # long input: keep the event loop free while it is split
-        prepared = await asyncio.to_thread(lambda: [tagger.prepare(text) for text in texts])
+        prepared = await asyncio.to_thread(lambda: [tagger.prepare(text, entries) for text in texts])
     chunks = [chunk for p in prepared for chunk in p.chunks]
     assert state.batcher is not None
     try:
@@ -70,8 +72,9 @@ async def tag(body: TagRequest, request: Request, tagger: ReadyTagger, state: St
     except BatchFailed as failure:
         return error(500, f"internal error while tagging; the error id {failure.error_id} is in the server log", error_id=failure.error_id)
     results, position = [], 0
+    whole_names = settings.whole_names if body.whole_names is None else body.whole_names
     for p in prepared:
-        result = tagger.assemble(p, labels[position : position + len(p.chunks)], tasks)
+        result = tagger.assemble(p, labels[position : position + len(p.chunks)], tasks, whole_names, body.report_dictionary)
         position += len(p.chunks)
         results.append(result)  # orjson serialises the dataclasses directly
         metrics.CHARACTERS.inc(len(p.text))
@@ -85,6 +88,16 @@ async def tag(body: TagRequest, request: Request, tagger: ReadyTagger, state: St
     # Sizes and ids only: texts stay out of the log unless NER_LOG_TEXTS is on (privacy).
     log.info("tag %s: %d texts, %d characters, %d sentences", request_id, len(texts), sum(len(t) for t in texts), len(chunks))
     return Response(orjson.dumps(payload), media_type="application/json", headers={"X-Request-ID": request_id})
+
+
+def request_entries(body: TagRequest, limit: int) -> list[DictEntry]:
+    """The request's own dictionary entries; 413 over the limit."""
+    if not body.user_dict:
+        return []
+    if len(body.user_dict) > limit:
+        metrics.REJECTED.labels("too_many_entries").inc()
+        raise HTTPException(413, f"too many user_dict entries: {len(body.user_dict)}, the limit is {limit} per request (NER_MAX_REQUEST_ENTRIES)")
+    return [DictEntry.make(entry.word, None, entry.pos, entry.type) for entry in body.user_dict]
 
 
 # HEAD too: load balancers and uptime checkers send it. A route of its own, after GET's and

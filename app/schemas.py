@@ -23,6 +23,16 @@ def _check_text(value: str) -> str:
 Text = Annotated[str, AfterValidator(_check_text)]
 
 
+class DictEntryIn(BaseModel):
+    """A user-dictionary entry for one request (as a line of the NER_USER_DICT file)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"word": "字节跳动", "pos": "nt"}, {"word": "抖音", "pos": "nz", "type": "O"}]})
+
+    word: Text = Field(min_length=1, max_length=50, pattern=r"^\S+$", description="The word, without whitespace; each occurrence becomes one token.")
+    pos: str | None = Field(None, pattern=r"^[a-z]+$", description="Its POS: a tag of the model's set (GET /model: labels.pos) is forced in decoding, another is given to the token as it is. nr, ns, nt also make it a PER, LOC, ORG entity.")
+    type: Literal["PER", "LOC", "ORG", "O"] | None = Field(None, description="Entity type, O for none; default: from the POS (nr/ns/nt), else none; without POS the model decides.")
+
+
 class TagRequest(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
@@ -40,6 +50,11 @@ class TagRequest(BaseModel):
     text: Text | None = Field(None, description="One text. Give either `text` or `texts`.")
     texts: list[Text] | None = Field(None, description="Several texts, tagged independently.")
     tasks: list[Task] = Field(default_factory=lambda: ["seg", "pos", "ner"], min_length=1, description="Any of seg, pos, ner; pos implies seg.")
+    user_dict: list[DictEntryIn] | None = Field(
+        None, description="Extra user-dictionary entries for this request only (at most NER_MAX_REQUEST_ENTRIES, default 100); they win over the service's dictionary. Overlaps: leftmost, then longest."
+    )
+    report_dictionary: bool = Field(False, strict=True, description="Add to each result the `dictionary` entries applied to its text.")
+    whole_names: bool | None = Field(None, strict=True, description="Merge the tokens of a person's name into one token tagged nr (needs seg and ner); default: NER_WHOLE_NAMES.")
 
     @model_validator(mode="after")
     def _one_of(self) -> TagRequest:
@@ -67,10 +82,19 @@ class EntityOut(BaseModel):
     end: int
 
 
+class DictionaryHitOut(BaseModel):
+    text: str
+    start: int
+    end: int
+    pos: str | None
+    type: Literal["PER", "LOC", "ORG", "O"] | None
+
+
 class ResultOut(BaseModel):
     text: str
     tokens: list[TokenOut]
     entities: list[EntityOut]
+    dictionary: list[DictionaryHitOut] | None = Field(None, description="Only with `report_dictionary`: the user-dictionary entries applied, in text order.")
 
 
 class ModelRef(BaseModel):

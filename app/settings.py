@@ -33,7 +33,12 @@ class Settings(BaseSettings):
     # every numpy/torch call and must win it back from the busy event loop, which by default
     # keeps it up to 5 ms; at 0.1 ms one worker served 28 % more requests/s (c=64, 2 cores).
     switch_interval_ms: float = Field(0.1, gt=0, description="Python's thread switch interval (sys.setswitchinterval), in ms.")
-    user_dict: str | None = Field(None, description="User dictionary in jieba's format: word [freq] [pos] per line.")
+    user_dict: str | None = Field(None, description="User dictionary: word [freq] [pos] [type] per line (jieba's format plus an optional PER/LOC/ORG/O column); reloaded on SIGHUP.")
+    user_dict_mode: Literal["forced", "features"] = Field(
+        "forced", description="forced: every occurrence of an entry is one token with its POS and entity type; features: entries only feed the dictionary features, as jieba words."
+    )
+    max_request_entries: int = Field(100, ge=0, description="Most user-dictionary entries one request may add (`user_dict` in POST /tag); 0 turns them off.")
+    whole_names: bool = Field(False, description="Merge the tokens inside a person's name into one token tagged nr (a request's `whole_names` overrides it).")
 
     max_batch_sentences: int = Field(64, ge=1, description="At most this many sentences (chunks) per batch; 1 turns batching off.")
     max_batch_chars: int = Field(12000, ge=1, description="At most this many characters per batch (a longer chunk runs alone).")

@@ -8,7 +8,7 @@ A second block does the same by entity type for words that jieba tags as person
 (nr, nrfg, nrt), place (ns) or organisation (nt). This is a cheaper, fixed-size
 variant of SoftLexicon: no word vectors, 25 numbers per character.
 
-Words added at run time with `jieba.add_word`, `jieba.load_userdict` or `add_words` flow
+Words added at run time with `jieba.add_word`, `jieba.load_userdict` or `set_user_words` flow
 into the features: the lookup table is rebuilt whenever the tokenizer's dictionary has
 grown or its total frequency has changed (a word removed with `jieba.del_word` alone
 changes neither, and is seen at the next addition).
@@ -23,7 +23,9 @@ TorchScript, so that the service's inference thread runs it without the GIL.
 from __future__ import annotations
 
 import math
+import threading
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import jieba
@@ -31,10 +33,11 @@ import jieba.posseg
 import numpy as np
 import torch
 
+from model.user_dict import ENTITY_OF_POS, ENTITY_TYPES, DictEntry
 from model.vocab import Vocab, code_points
 
 LENGTH_BUCKETS = 4  # 2, 3, 4, 5+
-ENTITY_TAGS = {"nr": 0, "nrfg": 0, "nrt": 0, "ns": 1, "nt": 2}
+ENTITY_TAGS = {pos: ENTITY_TYPES.index(kind) for pos, kind in ENTITY_OF_POS.items()}  # feature block by POS
 N_PLAIN = 3 * LENGTH_BUCKETS + 1
 N_FEATURES = N_PLAIN + 3 * 4
 
@@ -51,26 +54,30 @@ class Lexicon:
         self._log_max = math.log1p(max(self.tokenizer.FREQ.values()))
         self._signature: tuple = ()
         self._table: _Table | None = None
+        # Words a user dictionary set, with what the tokenizer had for them before: (freq, tag).
+        self._replaced: dict[str, tuple[int, str | None]] = {}
+        # The service's inference thread reads the tables while a reload (SIGHUP) changes them.
+        self._lock = threading.Lock()
 
-    def add_words(self, path: str) -> tuple[int, list[str]]:
-        """Load a user dictionary (`word [freq] [pos]` per line) into the tokenizer.
-
-        Returns the number of words added and the lines that could not be used.
-        """
-        added, rejected = 0, []
-        with open(path, encoding="utf-8") as handle:
-            for line in handle:
-                parts = line.strip().split()
-                if not parts or line.lstrip().startswith("#"):
-                    continue
-                if len(parts) > 3 or (len(parts) >= 2 and not parts[1].isdigit()):
-                    rejected.append(line.rstrip("\n"))
-                    continue
-                freq = int(parts[1]) if len(parts) >= 2 else None
-                tag = parts[2] if len(parts) == 3 else None
-                self.tokenizer.add_word(parts[0], freq, tag)
-                added += 1
-        return added, rejected
+    def set_user_words(self, entries: Iterable[DictEntry]) -> None:
+        """Make `entries` (a user dictionary) the words added to the tokenizer's dictionary,
+        replacing those of an earlier call: words it had before get back their frequency and tag."""
+        with self._lock:
+            self.pos_tokenizer.makesure_userdict_loaded()  # tags of earlier add_word calls into word_tag_tab
+            tokenizer, tags = self.tokenizer, self.pos_tokenizer.word_tag_tab
+            for word, (freq, tag) in self._replaced.items():
+                tokenizer.add_word(word, freq)  # 0 for a word it did not have: a prefix only
+                if tag is None:
+                    tags.pop(word, None)
+                else:
+                    tags[word] = tag
+            self._replaced = {}
+            for entry in entries:
+                if entry.word not in self._replaced:
+                    self._replaced[entry.word] = (tokenizer.FREQ.get(entry.word, 0), tags.get(entry.word))
+                tokenizer.add_word(entry.word, entry.freq, entry.pos)
+            self.pos_tokenizer.makesure_userdict_loaded()
+            self._signature = ()  # removals change neither the size nor the total: rebuild anyway
 
     def features(self, model_text: str) -> np.ndarray:
         """A float32 array of shape (len(model_text), N_FEATURES)."""
@@ -115,11 +122,12 @@ class Lexicon:
     def _current_table(self) -> _Table:
         self.pos_tokenizer.makesure_userdict_loaded()
         tokenizer = self.tokenizer
-        signature = (id(tokenizer.FREQ), len(tokenizer.FREQ), tokenizer.total)
-        if signature != self._signature:
-            self._table = _Table(tokenizer.FREQ, self.pos_tokenizer.word_tag_tab, self._log_max)
-            self._signature = signature
-        return self._table
+        with self._lock:
+            signature = (id(tokenizer.FREQ), len(tokenizer.FREQ), tokenizer.total)
+            if signature != self._signature:
+                self._table = _Table(tokenizer.FREQ, self.pos_tokenizer.word_tag_tab, self._log_max)
+                self._signature = signature
+            return self._table
 
 
 @dataclass

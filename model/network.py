@@ -62,6 +62,14 @@ def init_table(table: nn.Embedding | nn.EmbeddingBag, std: float) -> None:
         table.weight[0].zero_()
 
 
+def only_forced(scores: Tensor, forced: Tensor, forbidden: float) -> Tensor:
+    """`scores` (B, T, L) with every label but the forced one set to `forbidden` where `forced`
+    (B, T) is >= 0."""
+    labels = torch.arange(scores.shape[2], device=scores.device)
+    others = (forced.unsqueeze(2) >= 0) & (labels != forced.unsqueeze(2))
+    return scores.masked_fill(others, forbidden)
+
+
 def with_data(packed: PackedSequence, data: Tensor) -> PackedSequence:
     """`data` (one row per position of `packed`, in its order) packed the same way."""
     return PackedSequence(data, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices)
@@ -202,25 +210,38 @@ class TaggerNetwork(nn.Module):
         want_ner: bool = True,
         words: Tensor | None = None,
         word_weights: Tensor | None = None,
+        forced: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """Decoded label ids (B, T) for seg, pos and ner; an empty tensor for a head not wanted."""
+        """Decoded label ids (B, T) for seg, pos and ner; an empty tensor for a head not wanted.
+
+        `forced` (B, T, 3), from a user dictionary: where a column is >= 0 it is the only seg
+        label, POS type or NER label Viterbi may choose at that position (-1: free). Forcing
+        inside decoding keeps the labels around a dictionary word consistent with it."""
         hidden = self.encode(chars, bigrams, lexicon, lengths, words, word_weights)
         steps = chars.shape[1]
         empty = torch.zeros(0, dtype=torch.long, device=chars.device)
+        if forced is not None:
+            forced = forced.to(chars.device)
         seg, pos, ner = empty, empty, empty
         if want_seg or want_pos:
             seg_scores = self.unpack(self.seg_head(hidden.data), hidden, steps)
+            if forced is not None:
+                seg_scores = only_forced(seg_scores, forced[:, :, 0], self.seg_crf.forbidden)
             if want_ner:
-                seg, ner = self.decode_seg_and_ner(seg_scores, self.unpack(self.ner_head(hidden.data), hidden, steps), lengths)
+                seg, ner = self.decode_seg_and_ner(seg_scores, self.ner_scores(hidden, steps, forced), lengths)
             else:
                 seg = self.seg_crf.viterbi(seg_scores, lengths)
         elif want_ner:
-            ner = self.ner_crf.viterbi(self.unpack(self.ner_head(hidden.data), hidden, steps), lengths)
+            ner = self.ner_crf.viterbi(self.ner_scores(hidden, steps, forced), lengths)
         if want_pos:
             # Raw scores, not log-probabilities: a character's log-softmax normaliser is the same
             # for every tag, so it cannot change which tag a word's summed scores prefer.
-            pos = self.tag_words(self.unpack(self.pos_head(hidden.data), hidden, steps), seg, lengths)
+            pos = self.tag_words(self.unpack(self.pos_head(hidden.data), hidden, steps), seg, lengths, None if forced is None else forced[:, :, 1])
         return seg, pos, ner
+
+    def ner_scores(self, hidden: PackedSequence, steps: int, forced: Tensor | None) -> Tensor:
+        scores = self.unpack(self.ner_head(hidden.data), hidden, steps)
+        return scores if forced is None else only_forced(scores, forced[:, :, 2], self.ner_crf.forbidden)
 
     def decode_seg_and_ner(self, seg_scores: Tensor, ner_scores: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """Both CRFs' Viterbi paths from one loop over time: the seg sequences are stacked
@@ -238,7 +259,7 @@ class TaggerNetwork(nn.Module):
         )
         return paths[:batch], paths[batch:]
 
-    def tag_words(self, pos_scores: Tensor, seg: Tensor, lengths: Tensor) -> Tensor:
+    def tag_words(self, pos_scores: Tensor, seg: Tensor, lengths: Tensor, forced_types: Tensor | None = None) -> Tensor:
         """POS label ids (B, T): for each word of `seg`, the tag whose B/M/E/S labels have the
         highest summed score over the word's characters.
 
@@ -250,6 +271,8 @@ class TaggerNetwork(nn.Module):
         by_type = pos_scores.view(batch, steps, types, 4)  # B, M, E, S
         # the score of label (seg prefix, type) at each position: (B, T, types)
         per_type = by_type.gather(3, seg.view(batch, steps, 1, 1).expand(batch, steps, types, 1)).squeeze(3)
+        if forced_types is not None:
+            per_type = only_forced(per_type, forced_types, self.seg_crf.forbidden)
         mask = torch.arange(steps, device=seg.device).unsqueeze(0) < lengths.to(seg.device).unsqueeze(1)
         per_type = per_type * mask.unsqueeze(2).to(per_type.dtype)
         starts = (seg == 0) | (seg == 3)  # B or S begins a word

@@ -13,20 +13,23 @@ vectorised across texts, and a server's queue holds only strings.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from model.artifact import PRECISIONS, half_precision, load_bundle
+from model.artifact import PRECISIONS, eager_copy, half_precision, load_bundle, owned_by_torchscript
 from model.features import Featuriser
 from model.int8 import quantise
 from model.lexicon import Lexicon
 from model.memory import freeze_long_lived_objects, release_free_memory
-from model.schemes import decode
+from model.schemes import OUTSIDE, PREFIXES, decode, split_label
 from model.text import SPACE, Atoms, atomise, chunk_ranges
+from model.user_dict import NOT_AN_ENTITY, DictEntry, DictMatch, UserDictionary
 from model.vocab import Vocab
 
 TASKS = ("seg", "pos", "ner")
@@ -49,6 +52,17 @@ class Entity:
     end: int
 
 
+@dataclass(slots=True)
+class DictionaryHit:
+    """A user-dictionary entry applied to a text (offsets as for tokens)."""
+
+    text: str
+    start: int
+    end: int
+    pos: str | None
+    type: str | None
+
+
 @dataclass
 class TagResult:
     text: str
@@ -60,12 +74,21 @@ class TagResult:
 
 
 @dataclass
+class TagResultWithDictionary(TagResult):
+    """A result that also reports the user-dictionary entries applied (asked for per request)."""
+
+    dictionary: list[DictionaryHit] = field(default_factory=list)
+
+
+@dataclass
 class Chunk:
     """A piece of one text that the model tags in one sequence."""
 
     atom_start: int
     atom_end: int
     model_text: str
+    # User-dictionary entries to force: (start, end) in the chunk's atoms, and the entry.
+    forced: list[tuple[int, int, DictEntry]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return self.atom_end - self.atom_start
@@ -76,6 +99,7 @@ class PreparedText:
     text: str
     atoms: Atoms
     chunks: list[Chunk]
+    dictionary: list[DictMatch] = field(default_factory=list)  # the entries forced in this text
 
 
 @dataclass
@@ -107,6 +131,11 @@ class Tagger:
         self.max_len: int = metadata["max_len"]
         self.labels: dict[str, list[str]] = metadata["labels"]
         self.lexicon = lexicon or Lexicon()
+        # The user dictionary whose entries are forced (`use_dictionary`); empty: nothing forced.
+        self.user_dict = UserDictionary()
+        self.pos_tags = [split_label(label)[1] for label in self.labels["pos"][:: len(PREFIXES)]]
+        self._pos_type_ids = {tag: index for index, tag in enumerate(self.pos_tags)}
+        self._ner_label_ids = {label: index for index, label in enumerate(self.labels["ner"])}
         self.featuriser = Featuriser(
             Vocab.from_json(metadata["vocab"]["chars"]),
             Vocab.from_json(metadata["vocab"]["bigrams"]),
@@ -132,6 +161,10 @@ class Tagger:
             network = quantise(network, metadata)
         elif precision == "fp16":
             network = half_precision(network, metadata, device)
+        elif "forced" not in [argument.name for argument in network.forward.schema.arguments]:
+            # Exported before user-dictionary entries were forced in decoding: the same weights
+            # scripted with the current code (int8 and fp16 copies are scripted at load anyway).
+            network = owned_by_torchscript(torch.jit.script(eager_copy(network, metadata).to(device)), device)
         tagger = cls(network, metadata, device, lexicon)
         tagger.precision = "fp32" if precision == "int8" and not on_cpu else precision
         tagger.featuriser.build_tables()
@@ -147,12 +180,30 @@ class Tagger:
     def version(self) -> str:
         return self.metadata["version"]
 
+    def use_dictionary(self, user_dict: UserDictionary, forced: bool = True) -> None:
+        """Make `user_dict` the user dictionary, replacing any earlier one. Its words always feed
+        the dictionary features; with `forced` each occurrence is also one token with the entry's
+        POS and entity type (model/user_dict.py). Safe while another thread tags."""
+        self.lexicon.set_user_words(user_dict.entries.values())
+        self.user_dict = user_dict if forced else UserDictionary()
+
+    def load_dictionary(self, path: str | Path, forced: bool = True) -> UserDictionary:
+        """Read the user dictionary at `path` (UserDictionaryError if unreadable) and use it;
+        returns it, with its rejected lines."""
+        user_dict = UserDictionary.read(path)
+        self.use_dictionary(user_dict, forced)
+        return user_dict
+
     # -- the three steps -------------------------------------------------------
 
-    def prepare(self, text: str) -> PreparedText:
+    def prepare(self, text: str, extra_entries: Sequence[DictEntry] = ()) -> PreparedText:
+        """The text's atoms and chunks, with the user dictionary's occurrences (and those of
+        `extra_entries`, which win over it) to force."""
         atoms = atomise(text)
         chunks = [Chunk(start, end, atoms.model_text[start:end]) for start, end in chunk_ranges(atoms, self.max_len)]
-        return PreparedText(text, atoms, chunks)
+        user_dict = self.user_dict.merged(extra_entries) if extra_entries else self.user_dict
+        matches = user_dict.matches(text)
+        return PreparedText(text, atoms, chunks, force_in_chunks(matches, atoms, chunks) if matches else [])
 
     @torch.inference_mode()
     def infer(self, chunks: Sequence[Chunk], tasks: Sequence[str] = TASKS) -> list[ChunkLabels]:
@@ -161,7 +212,10 @@ class Tagger:
             return []
         want_seg, want_pos, want_ner = (task in tasks for task in TASKS)
         batch = self.featuriser.batch([chunk.model_text for chunk in chunks]).to(self.device)
-        if batch.words is None:  # bundles without word vectors take no word inputs
+        forced = self.forced_labels(chunks, batch.chars.shape[1])
+        if forced is not None:
+            seg, pos, ner = self.network(batch.chars, batch.bigrams, batch.lexicon, batch.lengths, want_seg, want_pos, want_ner, batch.words, batch.word_weights, forced)
+        elif batch.words is None:  # bundles without word vectors take no word inputs
             seg, pos, ner = self.network(batch.chars, batch.bigrams, batch.lexicon, batch.lengths, want_seg, want_pos, want_ner)
         else:
             seg, pos, ner = self.network(batch.chars, batch.bigrams, batch.lexicon, batch.lengths, want_seg, want_pos, want_ner, batch.words, batch.word_weights)
@@ -175,10 +229,33 @@ class Tagger:
             heads[name] = [[names[k] for k in row[: len(chunk)]] for row, chunk in zip(rows, chunks)]
         return [ChunkLabels(s, p, n) for s, p, n in zip(heads["seg"], heads["pos"], heads["ner"])]
 
-    def assemble(self, prepared: PreparedText, labels: Sequence[ChunkLabels], tasks: Sequence[str] = TASKS) -> TagResult:
-        """The result for one text from the labels of its chunks (same order)."""
+    def forced_labels(self, chunks: Sequence[Chunk], steps: int) -> torch.Tensor | None:
+        """The network's `forced` input for the chunks' dictionary entries: (B, steps, 3) seg
+        label, POS type and NER label ids, -1 where free; None when no chunk has an entry."""
+        if not any(chunk.forced for chunk in chunks):
+            return None
+        forced = np.full((len(chunks), steps, 3), -1, dtype=np.int64)
+        for row, chunk in enumerate(chunks):
+            for start, end, entry in chunk.forced:
+                length = end - start
+                prefixes = ["S"] if length == 1 else ["B", *["M"] * (length - 2), "E"]
+                forced[row, start:end, 0] = [PREFIXES.index(prefix) for prefix in prefixes]
+                if entry.pos in self._pos_type_ids:  # another tag is given to the token in `assemble`
+                    forced[row, start:end, 1] = self._pos_type_ids[entry.pos]
+                if entry.type == NOT_AN_ENTITY:
+                    forced[row, start:end, 2] = self._ner_label_ids[OUTSIDE]
+                elif entry.type is not None:
+                    forced[row, start:end, 2] = [self._ner_label_ids[f"{prefix}-{entry.type}"] for prefix in prefixes]
+        return torch.from_numpy(forced)
+
+    def assemble(self, prepared: PreparedText, labels: Sequence[ChunkLabels], tasks: Sequence[str] = TASKS, whole_names: bool = False, report_dictionary: bool = False) -> TagResult:
+        """The result for one text from the labels of its chunks (same order). `whole_names`: the
+        tokens inside a person's name merged into one token tagged nr (needs seg and ner);
+        `report_dictionary`: a TagResultWithDictionary listing the dictionary entries applied."""
         text, spans = prepared.text, prepared.atoms.spans
-        result = TagResult(text)
+        result: TagResult = TagResultWithDictionary(text) if report_dictionary else TagResult(text)
+        if report_dictionary:
+            result.dictionary = [DictionaryHit(text[m.start : m.end], m.start, m.end, m.entry.pos, m.entry.type) for m in prepared.dictionary]
         with_tokens = "seg" in tasks or "pos" in tasks
         with_pos = "pos" in tasks
         # Words by atom index; whitespace atoms are words of their own.
@@ -186,7 +263,11 @@ class Tagger:
         for chunk, chunk_labels in zip(prepared.chunks, labels):
             if with_tokens and chunk_labels.seg is not None:
                 tags = chunk_labels.pos if with_pos and chunk_labels.pos is not None else chunk_labels.seg
+                # Dictionary entries with a tag outside the model's set: forced as words, the tag
+                # given as it is.
+                own_tags = {(start, end): entry.pos for start, end, entry in chunk.forced if entry.pos is not None and entry.pos not in self._pos_type_ids}
                 for start, end, pos in decode(tags):
+                    pos = own_tags.get((start, end), pos) if own_tags else pos
                     words.append((chunk.atom_start + start, chunk.atom_start + end, pos))
             if "ner" in tasks and chunk_labels.ner is not None:
                 for start, end, kind in decode(chunk_labels.ner):
@@ -200,16 +281,28 @@ class Tagger:
             for start, end, pos in words:
                 char_start, char_end = spans[start][0], spans[end - 1][1]
                 tokens.append(Token(text[char_start:char_end], char_start, char_end, pos if with_pos else None))
+            if whole_names and result.entities:
+                result.tokens = merge_names(tokens, result.entities, "nr" if with_pos else None)
         return result
 
     # -- convenience -----------------------------------------------------------
 
-    def tag(self, texts: Sequence[str] | str, tasks: Sequence[str] = TASKS, batch_size: int = 64) -> list[TagResult]:
-        """Tag each text; batches are formed across texts, sorted by length."""
+    def tag(
+        self,
+        texts: Sequence[str] | str,
+        tasks: Sequence[str] = TASKS,
+        batch_size: int = 64,
+        extra_entries: Sequence[DictEntry] = (),
+        whole_names: bool = False,
+        report_dictionary: bool = False,
+    ) -> list[TagResult]:
+        """Tag each text; batches are formed across texts, sorted by length. `extra_entries`
+        are forced as user-dictionary entries for these texts only; `whole_names` and
+        `report_dictionary` as in `assemble`."""
         if isinstance(texts, str):
             texts = [texts]
         tasks = check_tasks(tasks)
-        prepared = [self.prepare(text) for text in texts]
+        prepared = [self.prepare(text, extra_entries) for text in texts]
         flat = [(i, k) for i, p in enumerate(prepared) for k in range(len(p.chunks))]
         flat.sort(key=lambda ik: len(prepared[ik[0]].chunks[ik[1]]))
         labels: dict[tuple[int, int], ChunkLabels] = {}
@@ -218,6 +311,45 @@ class Tagger:
             outputs = self.infer([prepared[i].chunks[k] for i, k in keys], tasks)
             labels.update(zip(keys, outputs))
         return [
-            self.assemble(p, [labels[(i, k)] for k in range(len(p.chunks))], tasks)
+            self.assemble(p, [labels[(i, k)] for k in range(len(p.chunks))], tasks, whole_names, report_dictionary)
             for i, p in enumerate(prepared)
         ]
+
+
+def force_in_chunks(matches: list[DictMatch], atoms: Atoms, chunks: list[Chunk]) -> list[DictMatch]:
+    """Put each match that covers whole atoms of one chunk into that chunk's `forced` list;
+    returns those matches (the others, e.g. "B站" in "AB站", cannot be forced)."""
+    atom_at_start = {start: index for index, (start, _) in enumerate(atoms.spans)}
+    atom_at_end = {end: index for index, (_, end) in enumerate(atoms.spans)}
+    chunk_starts = [chunk.atom_start for chunk in chunks]
+    applied = []
+    for match in matches:
+        first, last = atom_at_start.get(match.start), atom_at_end.get(match.end)
+        if first is None or last is None:
+            continue
+        chunk = chunks[bisect.bisect_right(chunk_starts, first) - 1] if chunks else None
+        if chunk is None or first < chunk.atom_start or last >= chunk.atom_end:
+            continue
+        chunk.forced.append((first - chunk.atom_start, last + 1 - chunk.atom_start, match.entry))
+        applied.append(match)
+    return applied
+
+
+def merge_names(tokens: list[Token], entities: list[Entity], pos: str | None) -> list[Token]:
+    """`tokens` with the tokens that exactly cover a PER entity merged into one (tagged `pos`);
+    an entity whose edges fall inside a token leaves the tokens as they are."""
+    names = {entity.start: entity for entity in entities if entity.type == "PER"}
+    merged: list[Token] = []
+    index = 0
+    while index < len(tokens):
+        token, following = tokens[index], index + 1
+        name = names.get(token.start)
+        if name is not None:
+            stop = following
+            while stop < len(tokens) and tokens[stop].end <= name.end:
+                stop += 1
+            if stop - index > 1 and tokens[stop - 1].end == name.end:
+                token, following = Token(name.text, name.start, name.end, pos), stop
+        merged.append(token)
+        index = following
+    return merged

@@ -38,9 +38,10 @@ CLAUSE_END = set("，,、：:）)」』》")
 _HALF_WIDTH = {code: code - 0xFEE0 for code in range(0xFF01, 0xFF5F)} | {0x3000: ord(" ")}
 
 
-def normalise_char(char: str) -> str:
-    """Full-width ASCII and U+3000 to half-width; everything else unchanged (1:1)."""
-    return char.translate(_HALF_WIDTH)
+def normalise(text: str) -> str:
+    """Full-width ASCII and U+3000 to half-width; everything else unchanged (1:1 per character,
+    so offsets into the result are offsets into `text`)."""
+    return text.translate(_HALF_WIDTH)
 
 
 @functools.cache
@@ -117,7 +118,7 @@ class Atoms:
 
 def atomise(text: str) -> Atoms:
     """Split `text` into atoms; see the module docstring."""
-    normal = text.translate(_HALF_WIDTH)
+    normal = normalise(text)
     classes = normal.translate(_class_table())
     model_chars: list[str] = []
     spans: list[tuple[int, int]] = []

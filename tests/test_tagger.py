@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from model.artifact import BundleError
 from model.lexicon import Lexicon
 from model.tagger import Tagger
+from model.user_dict import DictEntry
 from tests.conftest import ROOT
 from training.train import TrainConfig, train
 
@@ -85,18 +86,32 @@ def test_any_unicode_text_is_covered(tagger, text):
     assert_offsets(result)
 
 
-def test_user_words_flow_into_dictionary_features(tmp_path):
+def test_user_words_flow_into_dictionary_features():
     import jieba
 
     lexicon = Lexicon(jieba.posseg.POSTokenizer(jieba.Tokenizer()))
     word = "氪金猫爪"
     before = lexicon.features(word)
-    user_dict = tmp_path / "user.txt"
-    user_dict.write_text(f"{word} 2000 nz\nbad line with too many fields\n", encoding="utf-8")
-    added, rejected = lexicon.add_words(str(user_dict))
-    assert (added, len(rejected)) == (1, 1)
+    lexicon.set_user_words([DictEntry.make(word, 2000, "nz")])
     after = lexicon.features(word)
     assert before[0, 2] == 0 and after[0, 2] > 0  # B role, length bucket 4
+    lexicon.set_user_words([])  # replaced by an empty dictionary: gone again
+    assert (lexicon.features(word) == before).all()
+
+
+def test_user_words_replaced_give_jieba_its_own_words_back():
+    import jieba
+
+    pos_tokenizer = jieba.posseg.POSTokenizer(jieba.Tokenizer())
+    lexicon = Lexicon(pos_tokenizer)
+    own = (pos_tokenizer.tokenizer.FREQ["北京"], pos_tokenizer.word_tag_tab["北京"])
+    features = lexicon.features("北京大学")
+    lexicon.set_user_words([DictEntry.make("北京", 1, "nz")])
+    assert (pos_tokenizer.tokenizer.FREQ["北京"], pos_tokenizer.word_tag_tab["北京"]) == (1, "nz")
+    lexicon.set_user_words([DictEntry.make("大学城", 5)])
+    assert (pos_tokenizer.tokenizer.FREQ["北京"], pos_tokenizer.word_tag_tab["北京"]) == own
+    lexicon.set_user_words([])
+    assert (lexicon.features("北京大学") == features).all()
 
 
 def test_missing_bundle_names_the_folder(tmp_path):

@@ -5,7 +5,7 @@ import unicodedata
 from hypothesis import given
 from hypothesis import strategies as st
 
-from model.text import LATIN, NUMBER, SPACE, atomise, chunk_ranges, normalise_char
+from model.text import LATIN, NUMBER, SPACE, atomise, chunk_ranges, normalise
 
 text_strategy = st.text(alphabet=st.sampled_from(list("北京大学，。！ \n\tabcAB12.,３４ＡＢ　😀\u200d👩\u0301é")), max_size=80) | st.text(
     max_size=60
@@ -13,7 +13,7 @@ text_strategy = st.text(alphabet=st.sampled_from(list("北京大学，。！ \n\
 
 
 def test_full_width_becomes_half_width():
-    assert "".join(normalise_char(c) for c in "ＩＢＭ１９９８，　") == "IBM1998, "
+    assert "".join(normalise(c) for c in "ＩＢＭ１９９８，　") == "IBM1998, "
 
 
 def test_latin_and_number_runs_are_single_atoms():
@@ -52,7 +52,7 @@ def is_ascii_alnum(char: str) -> bool:
 
 def reference_atomise(text: str) -> tuple[str, tuple[tuple[int, int], ...]]:
     """The atom rules stated character by character (the first implementation): the oracle."""
-    normal = "".join(normalise_char(c) for c in text)
+    normal = "".join(normalise(c) for c in text)
     model_chars: list[str] = []
     spans: list[tuple[int, int]] = []
     i, n = 0, len(normal)

@@ -12,8 +12,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from model.tagger import Entity, TagResult, Token
+from model.user_dict import ENTITY_OF_POS as JIEBA_ENTITY_TYPES
 
-JIEBA_ENTITY_TYPES = {"nr": "PER", "nrfg": "PER", "nrt": "PER", "ns": "LOC", "nt": "ORG"}
 LAC_ENTITY_TYPES = {"PER": "PER", "LOC": "LOC", "ORG": "ORG"}
 
 
