@@ -21,7 +21,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -c constraints.txt -e '.[train,dev,bench]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[train,dev,bench,bulk]'
 	touch $@
 
 serve: venv
