@@ -83,21 +83,10 @@ class _Item:
     fault: bool = False
 
 
-@dataclass
-class BatcherStats:
-    """The batcher's own counters (also exported as metrics)."""
-
-    batches: int = 0
-    sentences: int = 0
-    largest_batch: int = 0
-    failed_batches: int = 0
-
-
 class Batcher:
     def __init__(self, tagger: Tagger, settings: Settings):
         self.tagger = tagger
         self.settings = settings
-        self.stats = BatcherStats()
         self._lanes: deque[deque[_Item]] = deque()  # one per request with sentences waiting, served in turn
         self._queued = 0  # sentences in all lanes
         # The most sentences one request may put into a batch while others wait. Taking turns
@@ -240,15 +229,11 @@ class Batcher:
         except Exception:
             error_id = uuid.uuid4().hex[:12]
             log.exception("batch of %d sentences failed, error id %s", len(batch), error_id)
-            self.stats.failed_batches += 1
             metrics.BATCH_ERRORS.inc()
             self._settle(batch, error=BatchFailed(error_id))
             return
         metrics.INFERENCE_TIME.observe(time.perf_counter() - started)
         metrics.BATCH_SIZE.observe(len(batch))
-        self.stats.batches += 1
-        self.stats.sentences += len(batch)
-        self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
         self._settle(batch, labels=labels)
 
     def _settle(self, items: list[_Item], labels: list[ChunkLabels] | None = None, error: Exception | None = None) -> None:

@@ -27,16 +27,14 @@ from app.errors import install_error_handlers
 from app.middleware import ApiKeyAuth, BodySizeLimit, ContentEncodingCheck, RequestMetrics
 from app.protocol import GuardedHttpToolsProtocol
 from app.routes import router
-from app.schemas import ErrorOut
+from app.schemas import EXAMPLE_TEXT, ErrorOut
 from app.settings import Settings, get_settings
 from model.lexicon import Lexicon
 from model.memory import freeze_long_lived_objects
-from model.tagger import Tagger
+from model.tagger import TASKS, Tagger
 from model.user_dict import UserDictionary, UserDictionaryError
 
 log = logging.getLogger("app")
-
-WARMUP_TEXT = "江泽民在北京大学发表讲话。"
 
 
 class WithoutQueryString(logging.Filter):
@@ -167,8 +165,8 @@ async def reload_user_dict(state: ServiceState) -> None:
 async def _warm_up(state: ServiceState) -> None:
     """One batch through the whole path before /readyz says ready."""
     assert state.tagger is not None and state.batcher is not None
-    prepared = state.tagger.prepare(WARMUP_TEXT)
-    await state.batcher.submit(prepared.chunks, ("seg", "pos", "ner"))
+    prepared = state.tagger.prepare(EXAMPLE_TEXT)
+    await state.batcher.submit(prepared.chunks, TASKS)
     # Again, now that the app and the featuriser's tables exist: full collections hold the
     # GIL, and the event loop spent about 15 % of its time in them at 64 clients while the
     # inference thread waited.

@@ -112,12 +112,6 @@ def prepare_multiprocess_dir(workers: int = 1) -> str | None:
     return path
 
 
-def mark_worker_dead(pid: int) -> None:
-    """Drop the live gauges of a worker that exited (for a supervisor hook, e.g. gunicorn's child_exit)."""
-    if multiprocess_dir():
-        prometheus_multiprocess.mark_process_dead(pid)
-
-
 def pids_with_files(path: str) -> set[int]:
     """Processes that wrote metric files into the multiprocess directory `path`."""
     pids = set()

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from model.artifact import PRECISIONS
-from model.tagger import Tagger
+from model.tagger import TASKS, Tagger
 from training.corpora import load_corpus
 from training.peers import lac_session
 
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         report["ours_peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
     # name -> (where it goes in the report, its description, the run)
     systems: dict[str, tuple[str, dict, Callable[[], object]]] = {}
-    for tasks, label in ((("seg", "pos", "ner"), "seg+pos+ner"), (("seg",), "seg")):
+    for tasks, label in ((TASKS, "seg+pos+ner"), (("seg",), "seg")):
         for batch_size in batch_sizes:
             run = lambda tasks=tasks, batch_size=batch_size: tagger.tag(sentences, tasks, batch_size=batch_size)  # noqa: E731
             systems[f"{label}@{batch_size}"] = ("ours", {"tasks": label, "batch_size": batch_size}, run)

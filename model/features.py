@@ -57,11 +57,8 @@ class Featuriser:
         self.words = words
         self._tables: tuple[torch.Tensor, torch.jit.ScriptModule] | None = None
 
-    def inputs(self, model_text: str) -> Inputs:
-        return self.inputs_many([model_text])[0]
-
     def inputs_many(self, model_texts: list[str]) -> list[Inputs]:
-        """`inputs` of each text, computed for all of them together (much faster)."""
+        """The inputs of each text (training keeps them per sentence), computed for all together."""
         lengths = [len(text) for text in model_texts]
         chars, bigram_ids, lexicon, position, role, entry = self._current_tables()(_code_point_list(model_texts), lengths)
         chars, bigram_ids, lexicon = chars.numpy(), bigram_ids.numpy(), lexicon.numpy()

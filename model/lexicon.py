@@ -79,22 +79,6 @@ class Lexicon:
             self.pos_tokenizer.makesure_userdict_loaded()
             self._signature = ()  # removals change neither the size nor the total: rebuild anyway
 
-    def features(self, model_text: str) -> np.ndarray:
-        """A float32 array of shape (len(model_text), N_FEATURES)."""
-        return self.features_many([model_text])[0]
-
-    def features_many(self, model_texts: list[str]) -> list[np.ndarray]:
-        """`features` of each text, computed together (much faster than one by one)."""
-        return self.analyse_many(model_texts)[0]
-
-    def analyse_many(self, model_texts: list[str], word_vocab: Vocab | None = None) -> tuple[list[np.ndarray], list[WordMatches] | None]:
-        """The features of each text and, given a word vocabulary, the words matched at each
-        of its positions (SoftLexicon's B/M/E/S sets), from one dictionary pass."""
-        out, position, role, entry = word_cells(code_points(SEPARATOR.join(model_texts)), *self.tensors())
-        starts, ends = joined_spans(model_texts)
-        features = [out.numpy()[a:b] for a, b in zip(starts, ends)]
-        return features, None if word_vocab is None else self.word_matches(position, role, entry, word_vocab, model_texts)
-
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """The current dictionary as `word_cells` takes it: sorted key hashes, whether each key
         is a word, its weight and its entity kind."""

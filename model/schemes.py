@@ -45,7 +45,8 @@ def encode(spans: list[Span], length: int) -> list[str]:
 
 
 def decode(tags: list[str]) -> list[Span]:
-    """Spans (start, end, type) from tags; tolerant of invalid sequences.
+    """Spans (start, end, type) from BMES tags (or BIO: I reads as M); tolerant of invalid
+    sequences.
 
     An unfinished span is closed where the next one begins or at "O"; a stray M or E
     starts a span of its own, so no tagged position is ever lost.
@@ -55,6 +56,8 @@ def decode(tags: list[str]) -> list[Span]:
     kind: str | None = None
     for i, tag in enumerate(tags):
         prefix, tag_kind = split_label(tag)
+        if prefix == "I":
+            prefix = "M"
         if start is not None and (prefix in ("B", "S", OUTSIDE) or tag_kind != kind):
             spans.append((start, i, kind))
             start = None

@@ -12,8 +12,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from model.features import Featuriser, Inputs, pad
-from model.lexicon import ENTITY_TAGS, LENGTH_BUCKETS, N_FEATURES, N_PLAIN, Lexicon
-from model.vocab import Vocab, bigrams
+from model.lexicon import ENTITY_TAGS, LENGTH_BUCKETS, N_FEATURES, N_PLAIN, SEPARATOR, Lexicon, WordMatches, joined_spans, word_cells
+from model.vocab import Vocab, bigrams, code_points
+
+
+def dictionary_features(lexicon: Lexicon, model_texts: list[str], word_vocab: Vocab | None = None) -> tuple[list[np.ndarray], list[WordMatches] | None]:
+    """Each text's dictionary features and, given a word vocabulary, its SoftLexicon word sets,
+    from one pass over the texts joined as the featuriser joins them."""
+    out, position, role, entry = word_cells(code_points(SEPARATOR.join(model_texts)), *lexicon.tensors())
+    starts, ends = joined_spans(model_texts)
+    features = [out.numpy()[a:b] for a, b in zip(starts, ends)]
+    return features, None if word_vocab is None else lexicon.word_matches(position, role, entry, word_vocab, model_texts)
 
 # Dictionary words of every length bucket and entity kind, pieces that form other words
 # when joined (北京 + 大学生), Latin/number placeholders, and strings jieba never holds.
@@ -58,10 +67,10 @@ def reference_features(lexicon: Lexicon, text: str) -> np.ndarray:
 @settings(max_examples=150, deadline=None)
 @given(st.lists(texts_of_pieces, min_size=1, max_size=5))
 def test_features_match_the_definition(lexicon: Lexicon, texts: list[str]) -> None:
-    together = lexicon.features_many(texts)
+    together = dictionary_features(lexicon, texts)[0]
     for text, features in zip(texts, together):
         np.testing.assert_allclose(features, reference_features(lexicon, text), atol=1e-6)
-        np.testing.assert_array_equal(features, lexicon.features(text))
+        np.testing.assert_array_equal(features, dictionary_features(lexicon, [text])[0][0])
 
 
 def reference_word_sets(lexicon: Lexicon, text: str) -> dict[tuple[int, int], dict[str, float]]:
@@ -91,7 +100,7 @@ def test_word_sets_match_the_definition(lexicon: Lexicon, texts: list[str]) -> N
     """The SoftLexicon inputs: every dictionary word in each B/M/E/S set, its SoftLexicon
     weight, and the same sets after padding a batch."""
     vocab = Vocab(["北京", "北京大学", "中华人民共和国", "人民", "的"])  # other words are <unk>
-    _, matches = lexicon.analyse_many(texts, vocab)
+    _, matches = dictionary_features(lexicon, texts, vocab)
     for text, found in zip(texts, matches):
         expected = reference_word_sets(lexicon, text)
         got: dict[tuple[int, int], dict[int, float]] = {}
@@ -116,7 +125,7 @@ def test_word_sets_match_the_definition(lexicon: Lexicon, texts: list[str]) -> N
 
 
 def test_known_words_have_their_roles(lexicon: Lexicon) -> None:
-    features = lexicon.features("中华人民共和国")
+    features = dictionary_features(lexicon, ["中华人民共和国"])[0][0]
     assert features[0, 0 * LENGTH_BUCKETS + 3] > 0  # 中华人民共和国 begins here (length 5+)
     assert features[3, 1 * LENGTH_BUCKETS + 3] > 0  # ... and covers 民 in its middle
     assert features[6, 2 * LENGTH_BUCKETS + 3] > 0  # ... and ends at 国
@@ -125,9 +134,9 @@ def test_known_words_have_their_roles(lexicon: Lexicon) -> None:
 
 def test_words_added_with_jieba_after_the_first_call_are_seen(lexicon: Lexicon) -> None:
     word = "氪晶猫爪藤"
-    assert lexicon.features(word)[0, 0 * LENGTH_BUCKETS + 3] == 0
+    assert dictionary_features(lexicon, [word])[0][0][0, 0 * LENGTH_BUCKETS + 3] == 0
     lexicon.tokenizer.add_word(word, 500, "nt")
-    after = lexicon.features(word)
+    after = dictionary_features(lexicon, [word])[0][0]
     assert after[0, 0 * LENGTH_BUCKETS + 3] > 0
     assert after[0, N_PLAIN + ENTITY_TAGS["nt"] * 4 + 0] > 0
 
@@ -147,5 +156,5 @@ def test_a_batch_holds_each_texts_inputs_by_the_definition(lexicon: Lexicon, tex
         padding = [0] * (steps - len(text))
         assert batch.chars[row].tolist() == chars.ids(text) + padding
         assert batch.bigrams[row].tolist() == bigram_vocab.ids(bigrams(text)) + padding
-        np.testing.assert_array_equal(batch.lexicon[row, : len(text)].numpy(), lexicon.features(text))
+        np.testing.assert_array_equal(batch.lexicon[row, : len(text)].numpy(), dictionary_features(lexicon, [text])[0][0])
         assert not batch.lexicon[row, len(text) :].any()

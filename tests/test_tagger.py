@@ -16,6 +16,7 @@ from model.lexicon import Lexicon
 from model.tagger import Tagger
 from model.user_dict import DictEntry
 from tests.conftest import ROOT
+from tests.test_lexicon import dictionary_features
 from training.train import TrainConfig, train
 
 
@@ -91,12 +92,12 @@ def test_user_words_flow_into_dictionary_features():
 
     lexicon = Lexicon(jieba.posseg.POSTokenizer(jieba.Tokenizer()))
     word = "氪金猫爪"
-    before = lexicon.features(word)
+    before = dictionary_features(lexicon, [word])[0][0]
     lexicon.set_user_words([DictEntry.make(word, 2000, "nz")])
-    after = lexicon.features(word)
+    after = dictionary_features(lexicon, [word])[0][0]
     assert before[0, 2] == 0 and after[0, 2] > 0  # B role, length bucket 4
     lexicon.set_user_words([])  # replaced by an empty dictionary: gone again
-    assert (lexicon.features(word) == before).all()
+    assert (dictionary_features(lexicon, [word])[0][0] == before).all()
 
 
 def test_user_words_replaced_give_jieba_its_own_words_back():
@@ -105,13 +106,13 @@ def test_user_words_replaced_give_jieba_its_own_words_back():
     pos_tokenizer = jieba.posseg.POSTokenizer(jieba.Tokenizer())
     lexicon = Lexicon(pos_tokenizer)
     own = (pos_tokenizer.tokenizer.FREQ["北京"], pos_tokenizer.word_tag_tab["北京"])
-    features = lexicon.features("北京大学")
+    features = dictionary_features(lexicon, ["北京大学"])[0][0]
     lexicon.set_user_words([DictEntry.make("北京", 1, "nz")])
     assert (pos_tokenizer.tokenizer.FREQ["北京"], pos_tokenizer.word_tag_tab["北京"]) == (1, "nz")
     lexicon.set_user_words([DictEntry.make("大学城", 5)])
     assert (pos_tokenizer.tokenizer.FREQ["北京"], pos_tokenizer.word_tag_tab["北京"]) == own
     lexicon.set_user_words([])
-    assert (lexicon.features("北京大学") == features).all()
+    assert (dictionary_features(lexicon, ["北京大学"])[0][0] == features).all()
 
 
 def test_missing_bundle_names_the_folder(tmp_path):

@@ -29,7 +29,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-Span = tuple[int, int, "str | None"]
+from model.schemes import Span, decode
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +155,7 @@ def read_char_tags(path: str | Path, type_map: dict[str, str] | None = None, ski
     def flush() -> None:
         nonlocal broken
         if chars and not broken:
-            spans = _tags_to_spans(tags)
+            spans = decode(tags)
             if type_map is not None:
                 spans = [(start, end, type_map[kind]) for start, end, kind in spans if kind in type_map]
             examples.append(Example("".join(chars), entities=spans))
@@ -214,24 +214,6 @@ def read_cluener(path: str | Path, type_map: dict[str, str] = ENTITY_TYPE_MAPS["
             continue
         examples.append(Example(text, entities=sorted(spans)))
     return examples
-
-
-def _tags_to_spans(tags: list[str]) -> list[Span]:
-    """Typed spans from BMES or BIO tags (I is read as M/E as the next tag requires)."""
-    spans: list[Span] = []
-    start, kind = None, None
-    for i, tag in enumerate(tags + ["O"]):
-        prefix, _, tag_kind = tag.partition("-")
-        continues = prefix in ("I", "M", "E") and start is not None and tag_kind == kind
-        if start is not None and not continues:
-            spans.append((start, i, kind))
-            start = None
-        if prefix in ("B", "S") or (prefix in ("I", "M", "E") and start is None):
-            start, kind = i, tag_kind
-        if prefix in ("S", "E") and start is not None:
-            spans.append((start, i + 1, kind))
-            start = None
-    return spans
 
 
 READERS = {"word-pos": read_word_pos, "segmented": read_segmented, "char-tags": read_char_tags}

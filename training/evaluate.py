@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from model.artifact import PRECISIONS
-from model.tagger import Tagger, TagResult
+from model.tagger import TASKS, Tagger, TagResult
 from training.corpora import NAMED_CORPORA, Example, load_corpus
 from training.peers import jieba_cut_results, jieba_results, lac_results, lac_session
 from training.scoring import oov_recall, span_scores, untyped
@@ -80,7 +80,7 @@ def format_table(report: dict) -> str:
     for system, figures in report.items():
         if not isinstance(figures, dict):
             continue
-        for task in ("seg", "pos", "ner"):
+        for task in TASKS:
             if task not in figures:
                 continue
             f = figures[task]

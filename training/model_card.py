@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from model.artifact import METADATA_FILE
-from model.tagger import Tagger
+from model.tagger import TASKS, Tagger
 from training.corpora import CORPORA, corpus_family, load_corpus
 from training.evaluate import evaluate, sample, training_words
 from training.peers import lac_session
@@ -142,7 +142,7 @@ def render_card(metadata: dict) -> str:
         "",
         f"Fixed samples re-checked by the tests (`tests/test_shipped_model.py`, {SAMPLE_SIZE} sentences, seed 0): "
         + ", ".join(
-            f"{corpus} " + " / ".join(f"{task} {f(evaluation[f'{corpus}-sample{SAMPLE_SIZE}']['model'][task]['f1'])}" for task in ("seg", "pos", "ner") if task in evaluation[f"{corpus}-sample{SAMPLE_SIZE}"]["model"])
+            f"{corpus} " + " / ".join(f"{task} {f(evaluation[f'{corpus}-sample{SAMPLE_SIZE}']['model'][task]['f1'])}" for task in TASKS if task in evaluation[f"{corpus}-sample{SAMPLE_SIZE}"]["model"])
             for corpus in SAMPLE_CORPORA
         ),
         "",

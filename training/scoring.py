@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 
-Span = tuple[int, int, "str | None"]
+from model.schemes import Span
 
 
 def prf(correct: int, predicted: int, gold: int) -> dict[str, float]:

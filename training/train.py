@@ -32,7 +32,7 @@ from model.features import Batch, Featuriser, Inputs, pad
 from model.lexicon import Lexicon
 from model.network import NetworkConfig, TaggerNetwork
 from model.schemes import encode, make_labels
-from model.tagger import Tagger
+from model.tagger import TASKS, Tagger
 from model.text import atomise, chunk_ranges
 from model.vocab import Vocab, bigrams
 from training.corpora import CORPORA, Example, corpus_family, load_corpus
@@ -76,7 +76,6 @@ class TrainConfig:
     # moving average of the weights (this decay per update): single-epoch weights
     # follow the last few hundred batches, and dev NER moved by +-0.005 from epoch to epoch.
     ema_decay: float = 0.0
-    balance_losses: bool = False
     task_weights: dict[str, float] = field(default_factory=dict)
     seed: int = 42
     threads: int = 1
@@ -136,9 +135,10 @@ class Optimiser:
     """Adam for dense weights, SparseAdam for the embedding tables (only rows in the batch
     change, which keeps a 150k-row bigram table cheap), gradient clipping, loss per character.
 
-    With `balance`, each task's loss is divided by its running mean. Without it, the
-    POS loss (176 classes) is several times the NER loss, and Adam's per-weight scaling of
-    the shared encoder then follows POS gradients almost only: NER stalled on dev.
+    Tasks are weighted by `task_weights`: unweighted, the POS loss (176 classes) is several
+    times the NER loss, Adam's per-weight scaling of the shared encoder then follows POS
+    gradients almost only, and NER stalled on dev. Dividing each loss by its running mean
+    (tried, since removed) lifted NER but held seg and POS back (training/configs/default.toml).
     """
 
     def __init__(
@@ -147,14 +147,11 @@ class Optimiser:
         learning_rate: float,
         clip: float,
         task_weights: dict[str, float] | None = None,
-        balance: bool = False,
         embedding_learning_rate: float = 0.0,
     ):
         self.network = network
         self.clip = clip
         self.task_weights = task_weights or {}
-        self.balance = balance
-        self.running: dict[str, float] = {}
         self.sparse = [p for n, p in network.named_parameters() if "embedding" in n]
         self.dense = [p for n, p in network.named_parameters() if "embedding" not in n]
         self.optimisers = [torch.optim.Adam(self.dense, lr=learning_rate), torch.optim.SparseAdam(self.sparse, lr=embedding_learning_rate or learning_rate)]
@@ -166,12 +163,7 @@ class Optimiser:
         objective = 0.0
         for task, loss in losses.items():
             per_char = loss / chars
-            weight = self.task_weights.get(task, 1.0)
-            if self.balance:
-                value = per_char.item()
-                self.running[task] = 0.98 * self.running.get(task, value) + 0.02 * value
-                weight /= max(self.running[task], 1e-3)
-            objective = objective + weight * per_char
+            objective = objective + self.task_weights.get(task, 1.0) * per_char
         for optimiser in self.optimisers:
             optimiser.zero_grad()
         objective.backward()
@@ -298,7 +290,7 @@ def train(config: TrainConfig, out: Path, progress: bool = True) -> dict:
     network = TaggerNetwork(config.network, len(char_vocab), len(bigram_vocab), Lexicon.size, labels["seg"], labels["pos"], labels["ner"], num_words, aux_heads)
     pretrained = initialise_tables(network, config, char_vocab, bigram_vocab)
     network = network.to(device)
-    optimiser = Optimiser(network, config.learning_rate, config.clip, config.task_weights, config.balance_losses, config.embedding_learning_rate)
+    optimiser = Optimiser(network, config.learning_rate, config.clip, config.task_weights, config.embedding_learning_rate)
     averaged = None
     if config.ema_decay:
         averaged = torch.optim.swa_utils.AveragedModel(network, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config.ema_decay))
@@ -347,7 +339,7 @@ def train(config: TrainConfig, out: Path, progress: bool = True) -> dict:
         for batch in bar:
             tensors = pad([s.inputs for s in batch]).to(device)
             steps = tensors.chars.shape[1]
-            gold = [label_tensor(batch, task, steps) for task in ("seg", "pos", "ner")]
+            gold = [label_tensor(batch, task, steps) for task in TASKS]
             total_loss += optimiser.step(tensors, *(None if t is None else t.to(device) for t in gold), ner_head=batch[0].ner_head)
             if averaged is not None:
                 averaged.update_parameters(network)
@@ -361,7 +353,7 @@ def train(config: TrainConfig, out: Path, progress: bool = True) -> dict:
         entry = {
             "epoch": epoch,
             "train_loss_per_char": total_loss / max(total_chars, 1),
-            "dev": {task: report[task]["f1"] for task in ("seg", "pos", "ner") if task in report},
+            "dev": {task: report[task]["f1"] for task in TASKS if task in report},
             "dev_ner_by_corpus": {name: figures["f1"] for name, figures in report["ner_by_corpus"].items()},
             "dev_mean_f1": dev_score,
             "seconds": time.time() - epoch_start,
@@ -409,7 +401,7 @@ def plot_curve(history: list[dict], path: Path) -> None:
     epochs = [h["epoch"] for h in history]
     left.plot(epochs, [h["train_loss_per_char"] for h in history], marker="o")
     left.set(title="training loss per character", xlabel="epoch")
-    for task in ("seg", "pos", "ner"):
+    for task in TASKS:
         if task in history[0]["dev"]:
             right.plot(epochs, [h["dev"][task] for h in history], marker="o", label=task)
     right.set(title="dev F1", xlabel="epoch")
@@ -431,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
         config.data_dir = args.data_dir
     out = Path(args.out or f"model/artifacts/{config.name}")
     report = train(config, out, progress=not args.no_progress)
-    print(json.dumps({"best_epoch": report["best_epoch"], "dev": {t: report["dev"][t]["f1"] for t in ("seg", "pos", "ner") if t in report["dev"]}}))
+    print(json.dumps({"best_epoch": report["best_epoch"], "dev": {t: report["dev"][t]["f1"] for t in TASKS if t in report["dev"]}}))
     print(f"bundle written to {out}", file=sys.stderr)
     return 0
 
