@@ -171,6 +171,43 @@ def gpu_section(results: Path) -> list[str]:
     return lines
 
 
+def stages_table(data: dict) -> list[str]:
+    """bench/stages.py: seconds per stage of the in-process pipeline, and HTTP against the bare framework."""
+    characters = data["characters"]
+    lines = [
+        f"## Where the time goes ({data['precision']}, batches of {data['batch_size']}, {data['measured_at']}; python -m bench.stages --http)",
+        "",
+        "| stage | seconds | chars/s |",
+        "| --- | --- | --- |",
+    ]
+    lines += [f"| {stage} | {seconds:.3f} | {characters / seconds:,.0f} |" for stage, seconds in data["best_seconds"].items()]
+    lines += [f"| everything but the network | {sum(s for k, s in data['best_seconds'].items() if k != 'network'):.3f} | {data['all_but_network_chars_per_s']:,.0f} |", ""]
+    if http := data.get("http"):
+        best = http["best_requests_per_second"]
+        lines += [
+            f"HTTP, one sentence per request, 64 connections: `ner-serve` (one worker, int8) {best['ner-serve']:,.0f} requests/s, a bare FastAPI "
+            f"endpoint returning a fixed answer of the same size ({http['answer_bytes']} bytes) {best['bare']:,.0f}: **{http['ner_serve_over_bare']:.2f}x** (best of two interleaved rounds each).",
+            "",
+        ]
+    return lines
+
+
+def bulk_table(data: dict) -> list[str]:
+    """bench/bulk.py: ner-bulk on a two-node local Ray cluster beside in-process Tagger.tag."""
+    one, two = data["ner_bulk"]["1"], data["ner_bulk"]["2"]
+    return [
+        f"## ner-bulk on Ray ({data['cores']} cores, {data['characters']:,} characters; {data['measured_at']}; python -m bench.bulk)",
+        "",
+        "| | wall chars/s | steady chars/s |",
+        "| --- | --- | --- |",
+        f"| in-process Tagger.tag, int8, 1 thread | | {data['in_process_chars_per_s']:,} |",
+        f"| ner-bulk, 1 actor | {one['chars_per_s']:,} | {one['steady_chars_per_s']:,} |",
+        f"| ner-bulk, 2 actors | {two['chars_per_s']:,} | {two['steady_chars_per_s']:,} |",
+        f"| 2 actors ÷ 1 | {data['two_over_one_actor']['wall']:.2f}x | {data['two_over_one_actor']['steady']:.2f}x |",
+        "",
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", type=Path, default=RESULTS)
@@ -184,6 +221,10 @@ def main(argv: list[str] | None = None) -> int:
         lines += http_table(http, quantised)
     lines += ["![throughput](throughput_vs_batch.png) ![latency](latency_vs_concurrency.png)", ""]
     plots(results, [data for data in (inprocess, quantised) if data], [http] if http else [])
+    if stages := read(results / "stages.json"):
+        lines += stages_table(stages)
+    if bulk := read(results / "bulk.json"):
+        lines += bulk_table(bulk)
     lines += gpu_section(results)
     (results / "RESULTS.md").write_text("\n".join(lines), encoding="utf-8")
     print("\n".join(lines))

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from model.artifact import PRECISIONS, eager_copy, half_precision, load_bundle, owned_by_torchscript
-from model.features import Featuriser
+from model.features import Batch, Featuriser
 from model.int8 import quantise
 from model.lexicon import Lexicon
 from model.memory import freeze_long_lived_objects, release_free_memory
@@ -205,27 +205,35 @@ class Tagger:
         matches = user_dict.matches(text)
         return PreparedText(text, atoms, chunks, force_in_chunks(matches, atoms, chunks) if matches else [])
 
-    @torch.inference_mode()
     def infer(self, chunks: Sequence[Chunk], tasks: Sequence[str] = TASKS) -> list[ChunkLabels]:
         """Labels for each chunk, in order, from one forward pass over all of them."""
         if not chunks:
             return []
+        batch = self.featuriser.batch([chunk.model_text for chunk in chunks])
+        return self.chunk_labels(self.label_ids(batch, chunks, tasks), chunks)
+
+    @torch.inference_mode()
+    def label_ids(self, batch: Batch, chunks: Sequence[Chunk], tasks: Sequence[str] = TASKS) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The network's (B, T) seg, POS and NER label ids for the chunks' `batch` (an empty
+        tensor for a task not asked for), their dictionary entries forced."""
         want_seg, want_pos, want_ner = (task in tasks for task in TASKS)
-        batch = self.featuriser.batch([chunk.model_text for chunk in chunks]).to(self.device)
+        batch = batch.to(self.device)
         forced = self.forced_labels(chunks, batch.chars.shape[1])
         if forced is not None:
-            seg, pos, ner = self.network(batch.chars, batch.bigrams, batch.lexicon, batch.lengths, want_seg, want_pos, want_ner, batch.words, batch.word_weights, forced)
-        elif batch.words is None:  # bundles without word vectors take no word inputs
-            seg, pos, ner = self.network(batch.chars, batch.bigrams, batch.lexicon, batch.lengths, want_seg, want_pos, want_ner)
-        else:
-            seg, pos, ner = self.network(batch.chars, batch.bigrams, batch.lexicon, batch.lengths, want_seg, want_pos, want_ner, batch.words, batch.word_weights)
+            return self.network(batch.chars, batch.bigrams, batch.lexicon, batch.lengths, want_seg, want_pos, want_ner, batch.words, batch.word_weights, forced)
+        if batch.words is None:  # bundles without word vectors take no word inputs
+            return self.network(batch.chars, batch.bigrams, batch.lexicon, batch.lengths, want_seg, want_pos, want_ner)
+        return self.network(batch.chars, batch.bigrams, batch.lexicon, batch.lengths, want_seg, want_pos, want_ner, batch.words, batch.word_weights)
+
+    def chunk_labels(self, ids: tuple[torch.Tensor, torch.Tensor, torch.Tensor], chunks: Sequence[Chunk]) -> list[ChunkLabels]:
+        """Each chunk's label strings from `label_ids`."""
         heads = {}
-        for name, ids in (("seg", seg), ("pos", pos), ("ner", ner)):
-            if ids.numel() == 0:
+        for name, head_ids in zip(TASKS, ids):
+            if head_ids.numel() == 0:
                 heads[name] = [None] * len(chunks)
                 continue
             names = self.labels[name]
-            rows = ids.cpu().tolist()
+            rows = head_ids.cpu().tolist()
             heads[name] = [[names[k] for k in row[: len(chunk)]] for row, chunk in zip(rows, chunks)]
         return [ChunkLabels(s, p, n) for s, p, n in zip(heads["seg"], heads["pos"], heads["ner"])]
 

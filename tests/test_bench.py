@@ -42,6 +42,20 @@ def test_http_load(tiny_bundle, tmp_path):
     assert [len(workers) for workers in report["server_rss_mb"].values()] == [1, 1, 2]
 
 
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (apt-get install wrk)")
+def test_stages_and_the_bare_framework_reference(tiny_bundle, tmp_path):
+    out = tmp_path / "stages.json"
+    command = [sys.executable, "-m", "bench.stages", "--model", str(tiny_bundle), "--limit", "50", "--rounds", "1", "--http", "--duration", "1", "--out", str(out)]
+    subprocess.run(command, cwd=ROOT, check=True, capture_output=True)
+    report = json.loads(out.read_text())
+    assert set(report["best_seconds"]) == {"prepare", "featurise", "network", "label_strings", "assemble"}
+    assert report["all_but_network_chars_per_s"] > 0
+    http = report["http"]
+    assert set(http["rounds"]) == {"bare", "ner-serve"} and all(len(points) == 2 for points in http["rounds"].values())
+    assert all(point["requests"] > 0 and not point["errors"] for points in http["rounds"].values() for point in points)
+    assert http["ner_serve_over_bare"] > 0 and http["answer_bytes"] > 100
+
+
 def test_gpu_script_and_report_on_the_cpu(tiny_bundle, tmp_path):
     """bench/gpu.sh's accuracy and in-process steps, tried out on the CPU on a few sentences,
     then the GPU section of the report built from what they wrote."""
