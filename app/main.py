@@ -196,7 +196,7 @@ def serve(argv: list[str] | None = None) -> None:
         print(f"ner-serve: invalid settings, nothing started:\n{problems}\n(ner-serve --help lists them)", file=sys.stderr)
         raise SystemExit(2) from None
     metrics.prepare_multiprocess_dir(settings.workers)
-    config = uvicorn.Config("app.main:create_app", factory=True, host=settings.host, port=settings.port, workers=settings.workers, log_level=settings.log_level, http=GuardedHttpToolsProtocol)
+    config = uvicorn.Config("app.main:create_app", factory=True, host=settings.host, port=settings.port, workers=settings.workers, log_level=settings.log_level, access_log=settings.access_log, http=GuardedHttpToolsProtocol)
     if settings.workers > 1:
         DrainingMultiprocess(config, sockets=[config.bind_socket()]).run()
         return

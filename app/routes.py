@@ -86,7 +86,8 @@ async def tag(body: TagRequest, request: Request, tagger: ReadyTagger, state: St
     supplied_id = request.headers.get("x-request-id", "")
     request_id = supplied_id if REQUEST_ID.fullmatch(supplied_id) else uuid.uuid4().hex[:16]
     # Sizes and ids only: texts stay out of the log unless NER_LOG_TEXTS is on (privacy).
-    log.info("tag %s: %d texts, %d characters, %d sentences", request_id, len(texts), sum(len(t) for t in texts), len(chunks))
+    if settings.access_log:
+        log.info("tag %s: %d texts, %d characters, %d sentences", request_id, len(texts), sum(len(t) for t in texts), len(chunks))
     return Response(orjson.dumps(payload), media_type="application/json", headers={"X-Request-ID": request_id})
 
 

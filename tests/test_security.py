@@ -29,7 +29,7 @@ SECRET_TEXT = "隐私检查甲乙丙丁QZXJW"  # must never reach the log
 
 @pytest.fixture(scope="module")
 def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    env = {"NER_API_KEYS": ",".join(KEYS), "NER_PROTECT_METRICS": "true", "NER_MAX_BODY_BYTES": str(BODY_LIMIT), "NER_FAULT_INJECTION": "true"}
+    env = {"NER_API_KEYS": ",".join(KEYS), "NER_PROTECT_METRICS": "true", "NER_MAX_BODY_BYTES": str(BODY_LIMIT), "NER_FAULT_INJECTION": "true", "NER_ACCESS_LOG": "true"}
     with run_server(bundle_under_test(request), tmp_path_factory.mktemp("security"), env) as live:
         yield live
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.conftest import ROOT, run_server
@@ -49,3 +51,17 @@ def test_jieba_start_up_lines_come_once_through_the_service_log(tiny_bundle: Pat
         output = server.output()
     assert output.count("Prefix dict has been built") == 1, output[:3000]
     assert "DEBUG jieba: Prefix dict has been built" in output  # in our format, at our level
+
+
+def test_no_line_per_request_unless_asked(tiny_bundle: Path, tmp_path: Path) -> None:
+    """Issue 25: at the default log level every request wrote two lines (uvicorn's access line
+    and the service's own), most of the log under load. Off by default; NER_ACCESS_LOG=true."""
+    for env, logged in (({}, False), ({"NER_ACCESS_LOG": "true"}, True)):
+        with run_server(tiny_bundle, tmp_path, env) as server:
+            response = httpx.post(f"{server.url}/tag", json={"text": "江泽民在北京。"}, timeout=30)
+            assert response.status_code == 200
+            time.sleep(0.2)
+            output = server.output()
+        assert ("POST /tag HTTP/1.1" in output) is logged, env
+        assert (f"tag {response.headers['x-request-id']}: 1 texts" in output) is logged, env
+        assert "ready" in output  # the start-up lines stay
