@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from model.tagger import Tagger
+from tests.test_user_dict import ISSUE_DICT, ISSUE_SENTENCES
 from training.corpora import load_corpus
 
 SENTENCES = 2000
@@ -79,3 +80,17 @@ def test_parquet_in_and_out_equals_in_process(tmp_path, texts, in_process):
 def test_bad_arguments_are_reported_before_ray_starts(tmp_path):
     run = subprocess.run([sys.executable, "-m", "app.bulk", str(tmp_path / "data.csv"), "--output", str(tmp_path / "out")], capture_output=True, text=True, timeout=60)
     assert run.returncode == 2 and "--input-format" in run.stderr
+
+
+def test_user_dictionary_holds_in_bulk_jobs(tmp_path):
+    user_dict = tmp_path / "user.txt"
+    user_dict.write_text(ISSUE_DICT, encoding="utf-8")
+    source = tmp_path / "in.txt"
+    source.write_text("\n".join(ISSUE_SENTENCES) + "\n", encoding="utf-8")
+    summary = ner_bulk(str(source), "--output", str(tmp_path / "out"), "--format", "jsonl", "--user-dict", str(user_dict))
+    assert (summary["texts"], summary["errors"]) == (4, 0)
+    rows = [json.loads(line) for path in sorted((tmp_path / "out").glob("*.json")) for line in path.read_text(encoding="utf-8").splitlines()]
+    entities = {(e["text"], e["type"]) for row in rows for e in row["entities"]}
+    tokens = {(t["text"], t["pos"]) for row in rows for t in row["tokens"]}
+    assert {("字节跳动", "ORG"), ("顺丰", "ORG"), ("特斯拉", "ORG"), ("余承东", "PER")} <= entities
+    assert {("抖音", "nz"), ("淘宝", "nz")} <= tokens
