@@ -25,7 +25,8 @@ torch.set_num_threads(1)  # tests share 2 cores with servers they start
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small model trained on a few hundred sentences (seconds); exercises the real training code."""
-    from training.train import TrainConfig, train
+    from training.config import TrainConfig
+    from training.train import train
 
     out = tmp_path_factory.mktemp("tiny") / "bundle"
     config = TrainConfig.from_toml(ROOT / "training" / "configs" / "tiny.toml")

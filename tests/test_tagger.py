@@ -17,7 +17,8 @@ from model.tagger import Tagger
 from model.user_dict import DictEntry
 from tests.conftest import ROOT
 from tests.test_lexicon import dictionary_features
-from training.train import TrainConfig, train
+from training.config import TrainConfig
+from training.train import train
 
 
 @pytest.fixture(scope="module")

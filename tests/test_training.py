@@ -11,7 +11,8 @@ import torch
 from model.artifact import build_network, load_bundle
 from model.tagger import Tagger
 from tests.conftest import ROOT, write_lac
-from training.train import TrainConfig, train
+from training.config import TrainConfig
+from training.train import train
 
 WEIGHT = "rnn.weight_hh_l0"
 

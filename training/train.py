@@ -1,4 +1,6 @@
 """Multi-task training: PD98 -> seg + pos, MSRA (+ CLUENER, Resume) -> ner, one shared encoder.
+The configuration is training/config.py, the data as the network reads it training/data.py;
+here are the optimiser, the loop (weight averaging, early stopping) and the CLI.
 
     python -m training.train --config training/configs/default.toml [--out DIR] [--data-dir DIR]
 
@@ -18,9 +20,7 @@ import random
 import subprocess
 import sys
 import time
-import tomllib
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -28,107 +28,18 @@ import torch
 from tqdm import tqdm
 
 from model.artifact import save_bundle
-from model.features import Batch, Featuriser, Inputs, pad
+from model.features import Batch, Featuriser, pad
 from model.lexicon import Lexicon
-from model.network import NetworkConfig, TaggerNetwork
-from model.schemes import encode, make_labels
+from model.network import TaggerNetwork
+from model.schemes import make_labels
 from model.tagger import TASKS, Tagger
-from model.text import atomise, chunk_ranges
+from model.text import atomise
 from model.vocab import Vocab, bigrams
+from training.config import TrainConfig
 from training.corpora import CORPORA, Example, corpus_family, load_corpus
+from training.data import label_tensor, make_batches, to_sequences
 from training.evaluate import score
 from training.pretrained import lac_characters, lac_rows, set_rows, vector_rows
-
-
-@dataclass
-class TrainConfig:
-    name: str = "default"
-    version: str = "1.0.0"
-    pd98_train: str = "pd98-train"
-    pd98_dev: str = "pd98-dev"
-    # NER corpora, into the one NER head unless ner_head_of says otherwise (types mapped to PER/LOC/ORG by training.corpora)
-    ner_train: list[str] = field(default_factory=lambda: ["msra-train"])
-    ner_dev: list[str] = field(default_factory=lambda: ["msra-dev"])
-    ner_repeat: dict[str, int] = field(default_factory=dict)  # a training corpus's sentences this many times per epoch (default 1)
-    # Which NER head a training corpus trains: 0 (default) is the served head; 1, 2, ... are
-    # training-only heads for corpora whose guidelines differ, dropped from the bundle.
-    ner_head_of: dict[str, int] = field(default_factory=dict)
-    data_dir: str = ""  # the extra-data folder (cluener, resume, text); "" = ../shared/data
-    # Pretrained inputs (training only; the bundle carries the fine-tuned tables):
-    lac_source: str = ""  # LAC-2.1.2.tar.gz (`make lac`): character table from LAC's, its characters added to the vocabulary
-    bigram_vectors: str = ""  # gensim KeyedVectors (`python -m training.pretrained`): bigram table initialised from them
-    pretrained_own_scale: bool = False  # copy pretrained vectors as they are, not scaled to network.embedding_init_std
-    limit_train: int = 0  # sentences per corpus, 0 = all (tiny runs in tests)
-    limit_dev: int = 0
-    max_len: int = 150
-    bigram_min_count: int = 2
-    bigram_max_size: int = 200_000
-    word_min_count: int = 2  # word vocabulary (network.word_dim > 0): dictionary words seen this often in the training text
-    epochs: int = 30
-    time_budget_minutes: float = 0.0  # 0 = no limit
-    patience: int = 3
-    batch_size: int = 32
-    learning_rate: float = 2e-3
-    embedding_learning_rate: float = 0.0  # 0 = learning_rate
-    lr_decay: float = 0.9
-    clip: float = 5.0
-    # 0 = off. Otherwise dev evaluation, model selection and the bundle use an exponential
-    # moving average of the weights (this decay per update): single-epoch weights
-    # follow the last few hundred batches, and dev NER moved by +-0.005 from epoch to epoch.
-    ema_decay: float = 0.0
-    task_weights: dict[str, float] = field(default_factory=dict)
-    seed: int = 42
-    threads: int = 1
-    network: NetworkConfig = field(default_factory=NetworkConfig)
-
-    @classmethod
-    def from_toml(cls, path: str | Path) -> TrainConfig:
-        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-        network = NetworkConfig(**data.pop("network", {}))
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
-        config = cls(network=network, **data)
-        for key in ("ner_repeat", "ner_head_of"):
-            stray = set(getattr(config, key)) - set(config.ner_train)
-            if stray:
-                raise ValueError(f"{path}: {key} names {sorted(stray)}, which are not in ner_train {config.ner_train}")
-        return config
-
-
-@dataclass
-class Sequence_:
-    inputs: Inputs
-    seg: list[int] | None
-    pos: list[int] | None
-    ner: list[int] | None
-    ner_head: int = 0
-
-
-def to_sequences(examples: list[Example], featuriser: Featuriser | None, labels: dict[str, list[str]], max_len: int) -> list[Sequence_]:
-    """Chunk each example as the tagger does and encode its gold spans as label ids."""
-    index = {task: {label: i for i, label in enumerate(names)} for task, names in labels.items()}
-    texts, gold = [], []
-    for example in examples:
-        atoms = atomise(example.text)
-        seg_tags = pos_tags = ner_tags = None
-        if example.words is not None:
-            words = atoms.atom_spans(example.words)
-            seg_tags = encode([(s, e, None) for s, e, _ in words], len(atoms))
-            pos_tags = encode(words, len(atoms))
-        if example.entities is not None:
-            ner_tags = encode(atoms.atom_spans(example.entities), len(atoms))
-        for start, end in chunk_ranges(atoms, max_len):
-            texts.append(atoms.model_text[start:end])
-            gold.append(
-                (
-                    [index["seg"].get(t, 3) for t in seg_tags[start:end]] if seg_tags else None,
-                    [index["pos"].get(t, 0) for t in pos_tags[start:end]] if pos_tags else None,
-                    [index["ner"].get(t, 0) for t in ner_tags[start:end]] if ner_tags else None,
-                )
-            )
-    inputs = featuriser.inputs_many(texts) if featuriser else [None] * len(texts)
-    return [Sequence_(item, *labels_) for item, labels_ in zip(inputs, gold)]
 
 
 class Optimiser:
@@ -176,24 +87,6 @@ class Optimiser:
         for optimiser in self.optimisers:
             for group in optimiser.param_groups:
                 group["lr"] *= factor
-
-
-def make_batches(sequences: list[Sequence_], batch_size: int, rng: random.Random) -> list[list[Sequence_]]:
-    """Batches of similar length (less padding), in random order."""
-    order = sorted(range(len(sequences)), key=lambda i: (len(sequences[i].inputs), rng.random()))
-    batches = [[sequences[i] for i in order[k : k + batch_size]] for k in range(0, len(order), batch_size)]
-    rng.shuffle(batches)
-    return batches
-
-
-def label_tensor(batch: list[Sequence_], task: str, steps: int) -> torch.Tensor | None:
-    rows = [getattr(s, task) for s in batch]
-    if rows[0] is None:
-        return None
-    out = np.zeros((len(rows), steps), dtype=np.int64)
-    for r, row in enumerate(rows):
-        out[r, : len(row)] = row
-    return torch.from_numpy(out)
 
 
 def git_commit() -> str:

@@ -1,0 +1,68 @@
+"""Training data as the network reads it: chunked like the tagger's input, gold spans as label
+ids, and batches of similar length."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from model.features import Featuriser, Inputs
+from model.schemes import encode
+from model.text import atomise, chunk_ranges
+from training.corpora import Example
+
+
+@dataclass
+class Sequence_:
+    inputs: Inputs
+    seg: list[int] | None
+    pos: list[int] | None
+    ner: list[int] | None
+    ner_head: int = 0
+
+
+def to_sequences(examples: list[Example], featuriser: Featuriser | None, labels: dict[str, list[str]], max_len: int) -> list[Sequence_]:
+    """Chunk each example as the tagger does and encode its gold spans as label ids."""
+    index = {task: {label: i for i, label in enumerate(names)} for task, names in labels.items()}
+    texts, gold = [], []
+    for example in examples:
+        atoms = atomise(example.text)
+        seg_tags = pos_tags = ner_tags = None
+        if example.words is not None:
+            words = atoms.atom_spans(example.words)
+            seg_tags = encode([(s, e, None) for s, e, _ in words], len(atoms))
+            pos_tags = encode(words, len(atoms))
+        if example.entities is not None:
+            ner_tags = encode(atoms.atom_spans(example.entities), len(atoms))
+        for start, end in chunk_ranges(atoms, max_len):
+            texts.append(atoms.model_text[start:end])
+            gold.append(
+                (
+                    [index["seg"].get(t, 3) for t in seg_tags[start:end]] if seg_tags else None,
+                    [index["pos"].get(t, 0) for t in pos_tags[start:end]] if pos_tags else None,
+                    [index["ner"].get(t, 0) for t in ner_tags[start:end]] if ner_tags else None,
+                )
+            )
+    inputs = featuriser.inputs_many(texts) if featuriser else [None] * len(texts)
+    return [Sequence_(item, *labels_) for item, labels_ in zip(inputs, gold)]
+
+
+def make_batches(sequences: list[Sequence_], batch_size: int, rng: random.Random) -> list[list[Sequence_]]:
+    """Batches of similar length (less padding), in random order."""
+    order = sorted(range(len(sequences)), key=lambda i: (len(sequences[i].inputs), rng.random()))
+    batches = [[sequences[i] for i in order[k : k + batch_size]] for k in range(0, len(order), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def label_tensor(batch: list[Sequence_], task: str, steps: int) -> torch.Tensor | None:
+    rows = [getattr(s, task) for s in batch]
+    if rows[0] is None:
+        return None
+    out = np.zeros((len(rows), steps), dtype=np.int64)
+    for r, row in enumerate(rows):
+        out[r, : len(row)] = row
+    return torch.from_numpy(out)
