@@ -12,7 +12,7 @@ PORT ?= 8000
 LAC_SDIST := runs/lac/LAC-2.1.2.tar.gz
 BIGRAM_VECTORS := runs/pretrained/bigrams-48.kv
 
-.PHONY: venv serve test train lac pretrain evaluate bench bench-gpu lint clean
+.PHONY: venv serve test train lac pretrain evaluate bench bench-gpu lint clean image image-test
 
 venv: $(VENV)/.installed
 
@@ -57,11 +57,21 @@ bench: venv
 	$(BIN)/python -m bench.throughput --model $(MODEL)
 	$(BIN)/python -m bench.throughput --model $(MODEL) --precision int8 --out bench/results/inprocess-int8.json
 	$(BIN)/python -m bench.http_load --model $(MODEL)
+	$(BIN)/python -m bench.stages --model $(MODEL) --http
 	$(BIN)/python -m bench.report
 
 # On a machine with an NVIDIA GPU, a CUDA build of torch and wrk (the venv's CPU torch will not do).
 bench-gpu: venv
 	PYTHON=$(BIN)/python MODEL=$(MODEL) bash bench/gpu.sh
+
+# The container image zh-tagger:cpu, with Docker or else Podman (deploy/container/image_test.sh;
+# deploy/README.md). image-test builds it if needed, runs it and docker-compose.yml's app +
+# prometheus, checks them and removes what it started.
+image:
+	bash deploy/container/image_test.sh build
+
+image-test:
+	bash deploy/container/image_test.sh test
 
 lint: venv
 	$(BIN)/ruff check .

@@ -1,5 +1,7 @@
 """Deployment files: Prometheus config and alert rules (promtool), the Grafana dashboard and
-provisioning, docker-compose.yml and the Dockerfile (hadolint, build context)."""
+provisioning, docker-compose.yml and the Dockerfile (hadolint, build context, build inputs), and
+the container check's scripts. The image itself is built and run by `make image-test`
+(deploy/container/image_test.sh), not here."""
 
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ DATASOURCES_FILE = GRAFANA_DIR / "provisioning" / "datasources" / "prometheus.ym
 DASHBOARD_PROVIDERS_FILE = GRAFANA_DIR / "provisioning" / "dashboards" / "ner.yml"
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
+CONTAINER_DIR = ROOT / "deploy" / "container"
 
 # Names a query may use that the service does not export.
 PROMETHEUS_OWN_METRICS = {"up"}  # Prometheus writes `up` for every target it scrapes
@@ -274,6 +277,84 @@ def test_compose_wires_prometheus_grafana_and_the_gpu_profile() -> None:
     assert services["dcgm-exporter"]["profiles"] == ["gpu"]
 
 
+def compose_default(value: str) -> str:
+    """The value of `${VAR:-default}` / `${VAR-default}` when VAR is unset (other text unchanged)."""
+    return re.sub(r"\$\{\w+:?-([^}]*)\}", r"\1", value)
+
+
+def fully_qualified(image: str) -> bool:
+    """Whether an image name names its registry (docker.io/..., localhost/...): short names resolve only through a registries.conf."""
+    first, _, rest = image.partition("/")
+    return bool(rest) and ("." in first or ":" in first or first == "localhost")
+
+
+def test_compose_pulls_only_fully_qualified_images() -> None:
+    services = yaml.safe_load(COMPOSE_FILE.read_text())["services"]
+    for name, service in services.items():
+        if "build" not in service:  # a built image is tagged locally (zh-tagger:cpu)
+            image = compose_default(service["image"])
+            assert fully_qualified(image), f"{name}: {image} is not fully qualified (docker.io/...)"
+    assert fully_qualified(compose_default(services["prometheus"]["image"])) and "prom/prometheus" in services["prometheus"]["image"]
+
+
+def test_compose_needs_the_grafana_password_for_grafana_only(tmp_path: Path) -> None:
+    compose = yaml.safe_load(COMPOSE_FILE.read_text())
+    # ${VAR:?message} is checked over the whole file: every command (`up app`, `down`) would fail.
+    values = [compose]
+    while values:
+        value = values.pop()
+        if isinstance(value, dict):
+            values += [*value.keys(), *value.values()]
+        elif isinstance(value, list):
+            values += value
+        else:
+            assert not re.search(r"\$\{\w+:?\?", str(value)), f"{value}: a ${{VAR:?}} makes every compose command fail when VAR is unset"
+    grafana = compose["services"]["grafana"]
+    assert grafana["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == "${GRAFANA_ADMIN_PASSWORD:-}"
+    # The entrypoint refuses to start without a password, else runs the image's own entrypoint.
+    shell, flag, script, *args = grafana["entrypoint"]
+    assert (shell, flag) == ("/bin/sh", "-c") and "exec /run.sh" in script
+    script = script.replace("$$", "$").replace("/run.sh", "echo started:")
+    for password, returncode in (("", 78), ("secret", 0)):
+        env = {"PATH": "/usr/bin:/bin", "GF_SECURITY_ADMIN_PASSWORD": password}
+        result = subprocess.run(["sh", "-c", script, *args, "--config", "x"], env=env, capture_output=True, text=True, timeout=10)
+        assert result.returncode == returncode, result
+        if password:
+            assert result.stdout.strip() == "started: --config x"
+        else:
+            assert "GRAFANA_ADMIN_PASSWORD" in result.stderr and not result.stdout
+
+
+def dockerfile_args() -> dict[str, str]:
+    """ARG name -> default of the Dockerfile (all stages)."""
+    return dict(re.fullmatch(r"(\w+)(?:=(.*))?", args).groups(default="") for keyword, args in dockerfile_instructions() if keyword == "ARG")
+
+
+def test_compose_passes_the_build_arguments_secrets_and_wheel_folder() -> None:
+    compose = yaml.safe_load(COMPOSE_FILE.read_text())
+    dockerfile = DOCKERFILE.read_text()
+    arguments = dockerfile_args()
+    secret_ids = set(re.findall(r"--mount=type=secret,id=(\w+)", dockerfile))
+    assert secret_ids == {"pip_conf", "ca_bundle"}
+    assert "FROM scratch AS wheels" in dockerfile and "--mount=type=bind,from=wheels," in dockerfile
+    for name in ("app", "app-gpu"):
+        build = compose["services"][name]["build"]
+        args = build["args"]
+        assert {"PYTHON_IMAGE", "TORCH_INDEX_URL", "TORCH_VARIANT"} <= set(args), name
+        assert set(args) <= set(arguments), f"{name}: build args the Dockerfile does not declare"
+        assert compose_default(args["PYTHON_IMAGE"]) == arguments["PYTHON_IMAGE"], name
+        assert compose_default(args["TORCH_INDEX_URL"]) == arguments["TORCH_INDEX_URL"], name
+        # ${TORCH_INDEX_URL-...}: set but empty means no index (torch from the wheel folder).
+        assert args["TORCH_INDEX_URL"].startswith("${TORCH_INDEX_URL-"), name
+        assert set(build["secrets"]) == secret_ids, name
+        wheels = compose_default(build["additional_contexts"]["wheels"])
+        assert (ROOT / wheels).is_dir(), f"{name}: the default wheel folder {wheels} does not exist"
+    for secret_id in secret_ids:
+        source = compose["secrets"][secret_id]["file"]
+        assert re.fullmatch(r"\$\{BUILD_\w+:-[^}]+\}", source), source
+        assert Path(compose_default(source)).exists(), source
+
+
 # ---- Dockerfile ----------------------------------------------------------------------
 
 HADOLINT = find_tool("hadolint")
@@ -300,6 +381,65 @@ def test_dockerfile_is_multi_stage_non_root_with_healthcheck_and_pinned_torch() 
     assert f"ARG TORCH_VERSION={makefile_torch}" in DOCKERFILE.read_text()
     installs = [args for keyword, args in instructions if keyword == "RUN" and "pip install" in args]
     assert installs and all("-c constraints.txt" in args for args in installs)
+
+
+def test_dockerfile_user_and_group_are_both_10001() -> None:
+    """uid 10001 and gid 10001 with a named group (`id`: uid=10001(ner) gid=10001(ner)), as the Kubernetes manifests run it."""
+    instructions = dockerfile_instructions()
+    keywords = [keyword for keyword, _ in instructions]
+    final_stage = instructions[len(instructions) - 1 - keywords[::-1].index("FROM") :]
+    [user] = [args for keyword, args in final_stage if keyword == "USER"]
+    assert user == "10001:10001"
+    [create] = [args for keyword, args in final_stage if keyword == "RUN" and "useradd" in args]
+    assert re.search(r"groupadd [^&]*--gid 10001 ner\b", create), create
+    useradd = create[create.index("useradd") :]
+    assert "--uid 10001" in useradd and "--gid 10001" in useradd and "--user-group" not in useradd, useradd
+
+
+def test_dockerfile_base_image_and_torch_index_are_build_arguments() -> None:
+    arguments = dockerfile_args()
+    assert fully_qualified(arguments["PYTHON_IMAGE"]), arguments["PYTHON_IMAGE"]
+    assert arguments["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl"
+    instructions = dockerfile_instructions()
+    assert ("FROM", "${PYTHON_IMAGE} AS build") in instructions and ("FROM", "${PYTHON_IMAGE} AS runtime") in instructions
+    # No fallback index for torch: an unreachable PyTorch index must fail the build, not bring PyPI's CUDA torch.
+    for keyword, args in instructions:
+        assert "extra-index-url" not in args and (keyword == "ARG" or "download.pytorch.org" not in args), args
+
+
+def torch_variant_check() -> str:
+    """The Python the build stage runs after installing torch (python -c '...' "${TORCH_VARIANT}")."""
+    [check] = re.findall(r"python -c '([^']*)' \"\$\{TORCH_VARIANT\}\"", DOCKERFILE.read_text())
+    return check
+
+
+@pytest.mark.parametrize(
+    ("variant", "cuda", "passes"),
+    [("cpu", None, True), ("cpu", "13.0", False), ("cu130", "13.0", True), ("cu126", "12.6", True), ("cu128", None, False), ("cu130", "12.8", False)],
+)
+def test_the_build_fails_when_torch_is_not_the_variant(tmp_path: Path, variant: str, cuda: str | None, passes: bool) -> None:
+    """A CPU build that got a CUDA torch (PyPI's) fails its own build, and the other way round."""
+    (tmp_path / "torch.py").write_text(f"__version__ = '2.13.0'\nclass version:\n    cuda = {cuda!r}\n")
+    result = subprocess.run([sys.executable, "-c", torch_variant_check(), variant], cwd=tmp_path, env={"PYTHONPATH": str(tmp_path)}, capture_output=True, text=True, timeout=30)
+    assert (result.returncode == 0) == passes, result
+    if not passes:
+        assert f"TORCH_VARIANT={variant}" in result.stderr
+
+
+def test_build_secrets_and_wheels_are_mounted_only_where_pip_runs() -> None:
+    """The pip configuration, CA bundle and wheel folder are RUN mounts of the build stage: nothing of them reaches the runtime stage."""
+    instructions = dockerfile_instructions()
+    keywords = [keyword for keyword, _ in instructions]
+    final_start = len(instructions) - 1 - keywords[::-1].index("FROM")
+    for index, (keyword, args) in enumerate(instructions):
+        if keyword == "RUN" and "pip " in args:
+            assert index < final_start
+            for mount in ("type=secret,id=pip_conf,target=/etc/pip.conf", "type=secret,id=ca_bundle", "type=bind,from=wheels,target=/run/wheels"):
+                assert f"--mount={mount}" in args, (mount, args)
+        if index >= final_start:
+            assert "--mount" not in args and "wheels" not in args and "secrets" not in args, args
+    [copy] = [args for keyword, args in instructions[final_start:] if keyword == "COPY"]
+    assert copy == "--from=build /opt/venv /opt/venv"
 
 
 def dockerignore_excludes(path: str) -> bool:
@@ -335,3 +475,33 @@ def test_build_context_holds_what_the_dockerfile_copies() -> None:
         assert not dockerignore_excludes(needed), needed
     for left_out in (".venv/bin/python", ".git/config", "runs/default/network.pt", "app/__pycache__/main.cpython-311.pyc", "model/artifacts/other/network.pt"):
         assert dockerignore_excludes(left_out), left_out
+
+
+# ---- the container check (make image / make image-test) -----------------------------
+
+
+def test_container_scripts_parse_and_the_makefile_and_ci_run_them() -> None:
+    for script in sorted(CONTAINER_DIR.glob("*.sh")):
+        result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True, timeout=30)
+        assert result.returncode == 0, f"{script.name}: {result.stderr}"
+    makefile = (ROOT / "Makefile").read_text()
+    assert re.search(r"^image:\n\tbash deploy/container/image_test.sh build$", makefile, re.M)
+    assert re.search(r"^image-test:\n\tbash deploy/container/image_test.sh test$", makefile, re.M)
+    ci = (ROOT / ".ci" / "run").read_text()
+    commands = [line.strip() for line in ci.splitlines() if line.strip().startswith("make ")]
+    assert commands == ["make test", "make image-test"]
+    for package in ("podman", "buildah", "runc", "debootstrap"):
+        assert f"{package}:{package}" in ci, package
+
+
+def test_image_test_builds_with_the_docker_format_and_checks_what_the_issue_asks() -> None:
+    script = (CONTAINER_DIR / "image_test.sh").read_text()
+    # Podman's default OCI format drops the HEALTHCHECK.
+    assert "--format docker" in script and "BUILDAH_FORMAT=docker" in script
+    for check in ("--read-only --tmpfs /tmp", "/readyz", "/tag", "/model", "/metrics", "healthcheck run", "entrypoint id", "torch.version.cuda", "ReadonlyRootfs", "sum(ner_characters_total)", "api/v1/$1", "prom rules", "down -v"):
+        assert check in script, check
+    # The sandbox settings are one file, used only when needed.
+    assert 'source "$HERE/sandbox.sh"' in script and script.count("sandbox.sh") <= 4
+    sandbox = (CONTAINER_DIR / "sandbox.sh").read_text()
+    for setting in ('runtime = "runc"', "nofile=20000:20000", 'cgroup_manager = "cgroupfs"', 'events_logger = "file"', 'location = "docker.io"', "debootstrap", "localhost/local/python:3.11-bookworm"):
+        assert setting in sandbox, setting
