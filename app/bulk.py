@@ -10,6 +10,8 @@ files, folders or globs, local or any URI pyarrow's filesystems read (s3://, gs:
 Each actor loads the Tagger once; each output row is one result of `POST /tag` (text, tokens,
 entities) plus the carried fields and an `error` field. A row without a text, with a text that
 is not a string, or with a text over the length limit gets the error and no tags; the job goes on.
+JSONL fields are carried as they are into JSONL output; for Parquet output each carried field
+must keep one type (Parquet columns are typed).
 """
 
 from __future__ import annotations
@@ -100,12 +102,21 @@ class TagRows:
         counts: Counter = Counter(texts=len(good), errors=len(texts) - len(good), characters=sum(len(texts[index]) for index in good))
         counts.update(f"entities_{entity.type}" for result in results for entity in result.entities)
         ray.get(self.totals.add.remote(dict(counts)))
-        columns = dict(carried)
-        columns["text"] = pa.array([text if isinstance(text, str) else None for text in texts], pa.string())
-        columns["tokens"] = pa.array([[token_row(t) for t in r.tokens] if r else [] for r in by_row], pa.list_(TOKEN))
-        columns["entities"] = pa.array([[entity_row(e) for e in r.entities] if r else [] for r in by_row], pa.list_(ENTITY))
-        columns["error"] = pa.array(errors, pa.string())
-        return pa.table(columns)
+        results = {
+            "text": [text if isinstance(text, str) else None for text in texts],
+            "tokens": [[token_row(t) for t in r.tokens] if r else [] for r in by_row],
+            "entities": [[entity_row(e) for e in r.entities] if r else [] for r in by_row],
+            "error": errors,
+        }
+        if self.jsonl:
+            # JSON fields may change type from row to row (an id that is a number here and a
+            # string there): pandas blocks of Python objects carry them as they are, where Arrow
+            # blocks of different batches failed to merge.
+            import pandas as pd
+
+            return pd.DataFrame({**carried, **results})
+        types = {"text": pa.string(), "tokens": pa.list_(TOKEN), "entities": pa.list_(ENTITY), "error": pa.string()}
+        return pa.table({**carried, **{name: pa.array(values, types[name]) for name, values in results.items()}})
 
     def problem(self, text: Any) -> str | None:
         if text is None:
@@ -117,11 +128,9 @@ class TagRows:
         return None
 
 
-def rows_from_json_lines(lines: list[str], text_field: str) -> tuple[list[Any], list[str | None], dict[str, Any]]:
+def rows_from_json_lines(lines: list[str], text_field: str) -> tuple[list[Any], list[str | None], dict[str, list]]:
     """Each JSONL line's text, what is wrong with the line if it is not a JSON object, and the
-    other fields as Arrow columns (a field whose values have mixed types is carried as JSON text)."""
-    import pyarrow as pa
-
+    other fields as columns of Python values (None where a row lacks the field)."""
     texts: list[Any] = []
     errors: list[str | None] = []
     others: list[dict] = []
@@ -140,13 +149,7 @@ def rows_from_json_lines(lines: list[str], text_field: str) -> tuple[list[Any], 
         errors.append(None)
         others.append(row)
     names = list(dict.fromkeys(name for row in others for name in row))
-    carried = {}
-    for name in names:
-        values = [row.get(name) for row in others]
-        try:
-            carried[name] = pa.array(values)
-        except (pa.ArrowInvalid, pa.ArrowTypeError):
-            carried[name] = pa.array([None if v is None else orjson.dumps(v).decode() for v in values], pa.string())
+    carried = {name: [row.get(name) for row in others] for name in names}
     return texts, errors, carried
 
 
