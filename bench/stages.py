@@ -48,7 +48,8 @@ def time_stages(tagger: Tagger, texts: list[str], batch_size: int) -> dict[str, 
         keys = flat[offset : offset + batch_size]
         chunks = [prepared[i].chunks[k] for i, k in keys]
         started = time.perf_counter()
-        batch = tagger.featuriser.batch([chunk.model_text for chunk in chunks])
+        with torch.inference_mode():  # as Tagger.infer runs it
+            batch = tagger.featuriser.batch([chunk.model_text for chunk in chunks])
         featurised = time.perf_counter()
         ids = tagger.label_ids(batch, chunks, TASKS)
         networked = time.perf_counter()

@@ -205,6 +205,7 @@ class Tagger:
         matches = user_dict.matches(text)
         return PreparedText(text, atoms, chunks, force_in_chunks(matches, atoms, chunks) if matches else [])
 
+    @torch.inference_mode()
     def infer(self, chunks: Sequence[Chunk], tasks: Sequence[str] = TASKS) -> list[ChunkLabels]:
         """Labels for each chunk, in order, from one forward pass over all of them."""
         if not chunks:
