@@ -46,6 +46,9 @@ def start_cluster(temp: Path) -> str:
     """A head node and a second node process on this host; returns the address."""
     port = free_port()
     address = f"127.0.0.1:{port}"
+    # A throwaway cluster on localhost: without this, Ray 2.60's token authentication refused the
+    # second node ("InvalidAuthToken"). The setting reaches the ray processes and ner-bulk.
+    os.environ["RAY_AUTH_MODE"] = "disabled"
     common = ["--num-cpus=2", "--disable-usage-stats"]
     subprocess.run([RAY, "start", "--head", f"--port={port}", "--include-dashboard=false", f"--temp-dir={temp}", *common], check=True, capture_output=True)
     subprocess.run([RAY, "start", f"--address={address}", *common], check=True, capture_output=True)
