@@ -120,18 +120,13 @@ async def readyz(state: State) -> JSONResponse:
 
 @router.get("/model", summary="The loaded model: labels, corpora, evaluation figures")
 async def model_info(state: State) -> dict:
-    metadata = state.tagger.metadata if state.tagger else read_metadata(state.settings.model_path)
+    description = state.tagger.description if state.tagger else read_metadata(state.settings.model_path)
     return {
-        "name": metadata["name"],
-        "version": metadata["version"],
+        "name": description.name,
+        "version": description.version,
         "device": str(state.tagger.device) if state.tagger else None,
         "precision": state.tagger.precision if state.tagger else None,
-        "labels": metadata["labels"],
-        "max_len": metadata["max_len"],
-        "config": metadata.get("config"),
-        "corpora": metadata.get("corpora"),
-        "evaluation": metadata.get("evaluation"),
-        "training": metadata.get("training"),
+        **description.model_dump(include={"labels", "max_len", "config", "corpora", "evaluation", "training"}),
         "user_dictionary": state.user_dict,
     }
 

@@ -1,7 +1,7 @@
 """Model bundles: a folder with a TorchScript network and a metadata JSON.
 
     BUNDLE/network.pt      torch.jit.script(TaggerNetwork), eval mode
-    BUNDLE/metadata.json   format version, vocabularies, label sets, config,
+    BUNDLE/metadata.json   `BundleMetadata`: format version, vocabularies, label sets, config,
                            corpora and splits, evaluation figures, training record
 
 The metadata can be read without torch (`read_metadata`), e.g. by `GET /model`.
@@ -9,24 +9,100 @@ The metadata can be read without torch (`read_metadata`), e.g. by `GET /model`.
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from model.network import NetworkConfig, TaggerNetwork
+from model.scripting import owned_by_torchscript
 
 FORMAT_VERSION = 1
 NETWORK_FILE = "network.pt"
 METADATA_FILE = "metadata.json"
-REQUIRED_KEYS = ("format_version", "name", "version", "vocab", "labels", "max_len", "lexicon_features")
 
 
 class BundleError(RuntimeError):
     """A bundle is missing, corrupt or of another format; the message says which file and what to do."""
 
 
-def save_bundle(path: str | Path, network: torch.nn.Module, metadata: dict[str, Any]) -> Path:
+class Vocabularies(BaseModel):
+    chars: list[str]
+    bigrams: list[str]
+    words: list[str] | None = None  # only networks with SoftLexicon word vectors
+
+
+class Labels(BaseModel):
+    """Each head's labels in id order: seg (BMES), POS (BMES x tag), NER (BIOES x type and O)."""
+
+    seg: list[str]
+    pos: list[str]
+    ner: list[str]
+
+
+class CorpusUse(BaseModel):
+    train: str | list[str]
+    dev: str | list[str]
+    source: str
+
+
+class PretrainedTable(BaseModel):
+    source: str
+    rows: int  # rows initialised from it
+    of: int  # rows in the table
+    licence: str
+
+
+class TrainingRecord(BaseModel):
+    best_epoch: int
+    epochs_run: int
+    minutes: float
+    hardware: str
+    torch: str
+    git_commit: str
+    seed: int
+    finished: str  # UTC, ISO 8601
+
+
+class ModelDescription(BaseModel):
+    """What a bundle says about its model, all but the vocabularies: what `GET /model` shows
+    and the model card renders."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    version: str
+    max_len: int  # atoms per chunk
+    lexicon_features: int
+    labels: Labels
+    config: dict[str, Any]  # the run's training.config.TrainConfig; its "network" holds NetworkConfig's fields
+    corpora: dict[str, CorpusUse] = {}  # "seg+pos" and "ner"
+    pretrained: dict[str, PretrainedTable] = {}  # "chars", "bigrams"
+    corpus_sizes: dict[str, tuple[int, int]] = {}  # split -> (sentences, characters)
+    training: TrainingRecord | None = None  # None until training has ended
+    evaluation: dict[str, Any] = {}  # "dev" (the selected epoch's) and test figures by split (training.model_card)
+
+    def network_config(self) -> NetworkConfig:
+        return NetworkConfig(**self.config["network"])
+
+
+class BundleMetadata(ModelDescription):
+    """The whole of metadata.json: the description, the vocabularies and the format version."""
+
+    vocab: Vocabularies
+    format_version: int = FORMAT_VERSION
+
+    def description(self) -> ModelDescription:
+        """The same without the vocabularies (150k bigram strings, about 12 MB of Python objects)."""
+        return ModelDescription(**{name: getattr(self, name) for name in ModelDescription.model_fields})
+
+    def write(self, folder: Path) -> None:
+        (folder / METADATA_FILE).write_text(self.model_dump_json(indent=1, exclude_none=True), encoding="utf-8")
+
+
+def save_bundle(path: str | Path, network: torch.nn.Module, metadata: BundleMetadata) -> Path:
     """Script `network` and write it with `metadata` into the folder `path`."""
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
@@ -35,30 +111,27 @@ def save_bundle(path: str | Path, network: torch.nn.Module, metadata: dict[str, 
     scripted = torch.jit.script(network)
     network.train(was_training)
     scripted.save(str(folder / NETWORK_FILE))
-    metadata = {**metadata, "format_version": FORMAT_VERSION}
-    (folder / METADATA_FILE).write_text(json.dumps(metadata, ensure_ascii=False, indent=1), encoding="utf-8")
+    metadata.model_copy(update={"format_version": FORMAT_VERSION}).write(folder)
     return folder
 
 
-def build_network(metadata: dict[str, Any], network_class: type | None = None) -> torch.nn.Module:
+def build_network(metadata: BundleMetadata, network_class: type | None = None) -> torch.nn.Module:
     """A fresh (eager, untrained) TaggerNetwork (or `network_class`, a subclass) shaped as the
     bundle's metadata describes."""
-    from model.network import NetworkConfig, TaggerNetwork
-
-    labels = metadata["labels"]
+    labels, vocab = metadata.labels, metadata.vocab
     return (network_class or TaggerNetwork)(
-        NetworkConfig(**metadata["config"]["network"]),
-        len(metadata["vocab"]["chars"]),
-        len(metadata["vocab"]["bigrams"]),
-        metadata["lexicon_features"],
-        labels["seg"],
-        labels["pos"],
-        labels["ner"],
-        len(metadata["vocab"].get("words", [])),
+        metadata.network_config(),
+        len(vocab.chars),
+        len(vocab.bigrams),
+        metadata.lexicon_features,
+        labels.seg,
+        labels.pos,
+        labels.ner,
+        len(vocab.words or []),
     )
 
 
-def read_metadata(path: str | Path) -> dict[str, Any]:
+def read_metadata(path: str | Path) -> BundleMetadata:
     """The validated metadata of the bundle at `path`."""
     folder = Path(path)
     if not folder.is_dir():
@@ -75,13 +148,14 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     version = metadata.get("format_version")
     if version != FORMAT_VERSION:
         raise BundleError(f"{file}: bundle format version {version!r}, this code reads version {FORMAT_VERSION}. Retrain the model with this version (python -m training.train) or use a matching release.")
-    missing = [key for key in REQUIRED_KEYS if key not in metadata]
-    if missing:
-        raise BundleError(f"{file}: corrupt, missing keys {missing}. Restore the bundle or retrain it.")
-    return metadata
+    try:
+        return BundleMetadata.model_validate(metadata)
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'top level'}: {e['msg']}" for e in error.errors()[:5])
+        raise BundleError(f"{file}: corrupt ({problems}). Restore the bundle or retrain it.") from error
 
 
-def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.jit.ScriptModule, dict[str, Any]]:
+def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.jit.ScriptModule, BundleMetadata]:
     """The scripted network (on `device`, eval mode) and the metadata of the bundle at `path`."""
     metadata = read_metadata(path)
     file = Path(path) / NETWORK_FILE
@@ -98,14 +172,14 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> tuple[t
 PRECISIONS = ("fp32", "int8", "fp16")
 
 
-def eager_copy(network: torch.jit.ScriptModule, metadata: dict[str, Any]) -> torch.nn.Module:
+def eager_copy(network: torch.jit.ScriptModule, metadata: BundleMetadata) -> torch.nn.Module:
     """The bundle's weights in an eager TaggerNetwork of the current code, eval mode."""
     eager = build_network(metadata)
     eager.load_state_dict(network.state_dict())
     return eager.eval()
 
 
-def half_precision(network: torch.jit.ScriptModule, metadata: dict[str, Any], device: str | torch.device) -> torch.jit.ScriptModule:
+def half_precision(network: torch.jit.ScriptModule, metadata: BundleMetadata, device: str | torch.device) -> torch.jit.ScriptModule:
     """A copy for the GPU whose embeddings, dictionary projection and RNN run in fp16; the
     heads and CRFs stay fp32 (TaggerNetwork.encode hands them fp32 states). Scripted again
     from the current code at load time, as `quantise` does."""
@@ -116,20 +190,6 @@ def half_precision(network: torch.jit.ScriptModule, metadata: dict[str, Any], de
     for module in encoder:
         module.half()
     return owned_by_torchscript(torch.jit.script(eager.to(device)).eval(), device)
-
-
-def owned_by_torchscript(network: torch.jit.ScriptModule, device: str | torch.device = "cpu") -> torch.jit.ScriptModule:
-    """The same module after a save/load round trip, so that no weight has a Python object.
-
-    A tensor that has one (every weight of a module scripted from Python) makes TorchScript
-    take the GIL each time a reference to it is dropped during `forward`. In the service the
-    event loop holds the GIL most of the time: with a Python thread busy beside it, the int8
-    network took 32.6 ms for a batch of 32 instead of 28.2; after the round trip, 29.2.
-    """
-    buffer = io.BytesIO()
-    torch.jit.save(network, buffer)
-    buffer.seek(0)
-    return torch.jit.load(buffer, map_location=device).eval()
 
 
 def reexport(path: str | Path) -> list[str]:

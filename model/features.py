@@ -1,8 +1,8 @@
-"""Model inputs for one model string, and padding a list of them into a batch.
+"""Model inputs: a list of model strings becomes one padded `Batch`.
 
-The only place where text becomes tensors; training and the tagger both use it. A batch's
-inputs come from one TorchScript call over its texts end to end, which runs without the
-GIL. Per-character Python, or the few dozen numpy calls per batch that each release and
+The only place where text becomes tensors; training and the tagger both call
+`Featuriser.batch`. A batch's inputs come from one TorchScript call over its texts end to
+end, which runs without the GIL. Per-character Python, or the few dozen numpy calls per batch that each release and
 retake the GIL, made the service's inference thread wait for the busy event loop: a batch
 of 32 spent 17-20 ms there on its inputs, against 3 ms in-process.
 """
@@ -14,20 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from model.artifact import owned_by_torchscript
 from model.lexicon import SEPARATOR, Lexicon, WordMatches, word_cells
+from model.scripting import owned_by_torchscript
 from model.vocab import END, Vocab, code_points, lookup, string_keys
-
-
-@dataclass
-class Inputs:
-    chars: np.ndarray  # (n,) int64
-    bigrams: np.ndarray  # (n,) int64
-    lexicon: np.ndarray  # (n, Lexicon.size) float32
-    words: WordMatches | None = None  # only for networks with word vectors
-
-    def __len__(self) -> int:
-        return len(self.chars)
 
 
 @dataclass
@@ -57,20 +46,8 @@ class Featuriser:
         self.words = words
         self._tables: tuple[torch.Tensor, torch.jit.ScriptModule] | None = None
 
-    def inputs_many(self, model_texts: list[str]) -> list[Inputs]:
-        """The inputs of each text (training keeps them per sentence), computed for all together."""
-        lengths = [len(text) for text in model_texts]
-        chars, bigram_ids, lexicon, position, role, entry = self._current_tables()(_code_point_list(model_texts), lengths)
-        chars, bigram_ids, lexicon = chars.numpy(), bigram_ids.numpy(), lexicon.numpy()
-        words = self._words(model_texts, position, role, entry)
-        ends = np.cumsum(lengths)
-        return [
-            Inputs(chars[end - n : end], bigram_ids[end - n : end], lexicon[end - n : end], None if words is None else words[i])
-            for i, (n, end) in enumerate(zip(lengths, ends))
-        ]
-
     def batch(self, model_texts: list[str]) -> Batch:
-        """`pad(inputs_many(model_texts))` in one TorchScript call."""
+        """The texts' inputs, padded to the longest, from one TorchScript call."""
         lengths = [len(text) for text in model_texts]
         chars, bigram_ids, lexicon, lengths_tensor, position, role, entry = self._current_tables().batch(_code_point_list(model_texts), lengths)
         words = self._words(model_texts, position, role, entry)
@@ -178,14 +155,6 @@ def padded(lengths: torch.Tensor, chars: torch.Tensor, bigram_ids: torch.Tensor,
     padded_bigrams = torch.zeros(rows * steps, dtype=torch.int64).index_copy_(0, cell, bigram_ids)
     padded_lexicon = torch.zeros(rows * steps, lexicon.shape[1], dtype=torch.float32).index_copy_(0, cell, lexicon)
     return padded_chars.view(rows, steps), padded_bigrams.view(rows, steps), padded_lexicon.view(rows, steps, lexicon.shape[1])
-
-
-def pad(items: list[Inputs]) -> Batch:
-    """Pad to the longest item; every item must have at least one position."""
-    lengths = torch.tensor([len(item) for item in items], dtype=torch.int64)
-    chars, bigram_ids, lexicon = (torch.from_numpy(np.concatenate(parts)) for parts in zip(*((item.chars, item.bigrams, item.lexicon) for item in items)))
-    words = None if items[0].words is None else [item.words for item in items]
-    return Batch(*padded(lengths, chars.long(), bigram_ids.long(), lexicon), lengths, *_pad_words(words, int(lengths.max())))
 
 
 def _pad_words(matches: list[WordMatches] | None, steps: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:

@@ -11,8 +11,9 @@ from typing import Any
 import torch
 from torch.nn.utils.rnn import PackedSequence
 
-from model.artifact import build_network, eager_copy, owned_by_torchscript
+from model.artifact import BundleMetadata, build_network, eager_copy
 from model.network import TaggerNetwork, with_data
+from model.scripting import owned_by_torchscript
 
 # Dynamic int8 quantisation picks each activation's scale from the tensor's min and max, that is
 # over the whole batch: a sentence's tags changed with the sentences batched beside it (35 of 500
@@ -55,7 +56,7 @@ class PinnedTaggerNetwork(TaggerNetwork):
         return output  # (N, 2 (H + 2)); the heads have zero weights on the pin units
 
 
-def pinned_copy(eager: TaggerNetwork, metadata: dict[str, Any]) -> PinnedTaggerNetwork:
+def pinned_copy(eager: TaggerNetwork, metadata: BundleMetadata) -> PinnedTaggerNetwork:
     """The weights of `eager` (eval mode) in a PinnedTaggerNetwork: same outputs in fp32, plus
     the pins that make the int8 copy batch-invariant."""
     if eager.merge != "concat":
@@ -135,7 +136,7 @@ def pinned_copy(eager: TaggerNetwork, metadata: dict[str, Any]) -> PinnedTaggerN
     return pinned.eval()
 
 
-def quantise(network: torch.jit.ScriptModule, metadata: dict[str, Any]) -> torch.jit.ScriptModule:
+def quantise(network: torch.jit.ScriptModule, metadata: BundleMetadata) -> torch.jit.ScriptModule:
     """An int8 copy for the CPU: the RNN and the heads with int8 weights and activations
     quantised on the fly against the pins (the dictionary projection, 25 inputs, stays fp32:
     its inputs carry no pins), scripted again."""

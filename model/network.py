@@ -7,7 +7,7 @@ head chose, so tokens and their tags always agree.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -50,9 +50,6 @@ class NetworkConfig:
             raise ValueError(f"merge must be one of {MERGES}, not {self.merge!r}")
         if self.num_layers < 1:
             raise ValueError("num_layers must be at least 1")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def init_table(table: nn.Embedding | nn.EmbeddingBag, std: float) -> None:

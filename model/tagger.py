@@ -22,12 +22,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from model.artifact import PRECISIONS, eager_copy, half_precision, load_bundle, owned_by_torchscript
+from model.artifact import PRECISIONS, BundleMetadata, eager_copy, half_precision, load_bundle
 from model.features import Batch, Featuriser
 from model.int8 import quantise
 from model.lexicon import Lexicon
 from model.memory import freeze_long_lived_objects, release_free_memory
 from model.schemes import OUTSIDE, PREFIXES, decode, split_label
+from model.scripting import owned_by_torchscript
 from model.text import SPACE, Atoms, atomise, chunk_ranges
 from model.user_dict import NOT_AN_ENTITY, DictEntry, DictMatch, UserDictionary
 from model.vocab import Vocab
@@ -119,28 +120,28 @@ def check_tasks(tasks: Iterable[str]) -> tuple[str, ...]:
 
 
 class Tagger:
-    """Wraps a network (scripted or eager) and the metadata that describes its inputs."""
+    """Wraps a network (scripted or eager) and the bundle metadata that describes its inputs."""
 
-    def __init__(self, network: torch.nn.Module, metadata: dict[str, Any], device: str | torch.device = "cpu", lexicon: Lexicon | None = None):
+    def __init__(self, network: torch.nn.Module, metadata: BundleMetadata, device: str | torch.device = "cpu", lexicon: Lexicon | None = None):
         self.network = network
-        # Without the vocabularies (150k bigram strings, about 12 MB): after this constructor
-        # they live only in the featuriser's lookup tables.
-        self.metadata = {key: value for key, value in metadata.items() if key != "vocab"}
+        # Without the vocabularies: after this constructor they live only in the featuriser's lookup tables.
+        self.description = metadata.description()
         self.device = torch.device(device)
         self.precision = "fp32"
-        self.max_len: int = metadata["max_len"]
-        self.labels: dict[str, list[str]] = metadata["labels"]
+        self.max_len = metadata.max_len
+        self.labels: dict[str, list[str]] = metadata.labels.model_dump()
         self.lexicon = lexicon or Lexicon()
         # The user dictionary whose entries are forced (`use_dictionary`); empty: nothing forced.
         self.user_dict = UserDictionary()
         self.pos_tags = [split_label(label)[1] for label in self.labels["pos"][:: len(PREFIXES)]]
         self._pos_type_ids = {tag: index for index, tag in enumerate(self.pos_tags)}
         self._ner_label_ids = {label: index for index, label in enumerate(self.labels["ner"])}
+        vocab = metadata.vocab
         self.featuriser = Featuriser(
-            Vocab.from_json(metadata["vocab"]["chars"]),
-            Vocab.from_json(metadata["vocab"]["bigrams"]),
+            Vocab.from_json(vocab.chars),
+            Vocab.from_json(vocab.bigrams),
             self.lexicon,
-            Vocab.from_json(metadata["vocab"]["words"]) if "words" in metadata["vocab"] else None,
+            None if vocab.words is None else Vocab.from_json(vocab.words),
         )
 
     @classmethod
@@ -174,11 +175,11 @@ class Tagger:
 
     @property
     def name(self) -> str:
-        return self.metadata["name"]
+        return self.description.name
 
     @property
     def version(self) -> str:
-        return self.metadata["version"]
+        return self.description.version
 
     def use_dictionary(self, user_dict: UserDictionary, forced: bool = True) -> None:
         """Make `user_dict` the user dictionary, replacing any earlier one. Its words always feed

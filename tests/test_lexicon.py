@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from model.features import Featuriser, Inputs, pad
+from model.features import Featuriser
 from model.lexicon import ENTITY_TAGS, LENGTH_BUCKETS, N_FEATURES, N_PLAIN, SEPARATOR, Lexicon, WordMatches, joined_spans, word_cells
 from model.vocab import Vocab, bigrams, code_points
 
@@ -113,11 +113,10 @@ def test_word_sets_match_the_definition(lexicon: Lexicon, texts: list[str]) -> N
             for word, weight in words.items():
                 by_id[vocab.id(word)] = by_id.get(vocab.id(word), 0.0) + weight
             assert got[cell] == pytest.approx(by_id, rel=1e-5)
-    items = [Inputs([1] * len(text), [1] * len(text), np.zeros((len(text), N_FEATURES), np.float32), found) for text, found in zip(texts, matches) if text]
-    if items:
-        batch = pad(items)
-        for row, item in enumerate(items):
-            found = item.words
+    filled = [(text, found) for text, found in zip(texts, matches) if text]
+    if filled:
+        batch = Featuriser(Vocab([]), Vocab([]), lexicon, vocab).batch([text for text, _ in filled])
+        for row, (_, found) in enumerate(filled):
             for position, role, word, weight in zip(found.position, found.role, found.word, found.weight):
                 slots = list(zip(batch.words[row, position, role].tolist(), batch.word_weights[row, position, role].tolist()))
                 assert any(w == word and v == pytest.approx(float(weight)) for w, v in slots)

@@ -1,6 +1,5 @@
 """The network: TorchScript export equals eager; the RNN cells match the gate equations."""
 
-import copy
 
 import numpy as np
 import pytest
@@ -220,8 +219,8 @@ def test_the_int8_copy_gives_fp32_answers_and_none_that_depend_on_the_batch(tiny
     """model/int8.py: the pinned network (before quantisation) is the same function as the
     original, and its int8 copy tags each sentence alike alone and batched, for every cell shape."""
     _, metadata = load_bundle(tiny_bundle)
-    metadata = copy.deepcopy(metadata)
-    metadata["config"]["network"].update(cell=cell, num_layers=layers)
+    metadata = metadata.model_copy(deep=True)
+    metadata.config["network"].update(cell=cell, num_layers=layers)
     torch.manual_seed(0)
     save_bundle(tmp_path, build_network(metadata).eval(), metadata)
     texts = ["江泽民在北京大学发表讲话。", "张三去了上海。", "我们的任务宏伟艰巨，面临的形势催人奋进。", "好"]

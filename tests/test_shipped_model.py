@@ -35,7 +35,7 @@ def fp16_tagger(shipped_bundle):
 def test_sample_figures_match_the_model_card(request, shipped_bundle, corpus, precision):
     tagger = request.getfixturevalue("tagger" if precision == "fp32" else "fp16_tagger")
     assert tagger.precision == precision
-    recorded = read_metadata(shipped_bundle)["evaluation"][f"{corpus}-sample{SAMPLE_SIZE}"]["model"]
+    recorded = read_metadata(shipped_bundle).evaluation[f"{corpus}-sample{SAMPLE_SIZE}"]["model"]
     examples = sample(load_corpus(corpus), SAMPLE_SIZE)
     measured = score(examples, tagger.tag([e.text for e in examples]))
     for task in ("seg", "pos", "ner"):

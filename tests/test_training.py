@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+import re
 from pathlib import Path
 
 import pytest
@@ -31,7 +31,7 @@ def test_ema_bundle_holds_the_averaged_weights(tiny_bundle: Path, tmp_path: Path
     bundle) have moved on: the bundle must hold the average."""
     config = TrainConfig.from_toml(ROOT / "training" / "configs" / "tiny.toml")
     assert not config.ema_decay
-    train(replace(config, ema_decay=0.999999), tmp_path / "averaged", progress=False)
+    train(config.model_copy(update={"ema_decay": 0.999999}), tmp_path / "averaged", progress=False)
     moved = distance_from_initial(tiny_bundle, config.seed)
     averaged = distance_from_initial(tmp_path / "averaged", config.seed)
     assert moved > 0.02
@@ -44,14 +44,14 @@ def test_multi_corpus_run_with_pretrained_characters(tmp_path: Path) -> None:
     training text never touched hold LAC's vectors, scaled."""
     write_lac(tmp_path / "LAC", dim=32)
     config = TrainConfig.from_toml(ROOT / "training" / "configs" / "tiny.toml")
-    config = replace(config, ner_train=["msra-train", "resume-train"], ner_dev=["msra-dev", "resume-dev"], lac_source=str(tmp_path / "LAC"), epochs=1)
+    config = config.model_copy(update={"ner_train": ["msra-train", "resume-train"], "ner_dev": ["msra-dev", "resume-dev"], "lac_source": str(tmp_path / "LAC"), "epochs": 1})
     report = train(config, tmp_path / "bundle", progress=False)
     assert set(report["dev"]["ner_by_corpus"]) == {"msra-dev", "resume-dev"}
     network, metadata = load_bundle(tmp_path / "bundle")
-    chars = metadata["vocab"]["chars"]
+    chars = metadata.vocab.chars
     assert "國" in chars and "萬" in chars
-    assert metadata["pretrained"]["chars"]["rows"] >= 6
-    assert metadata["corpus_sizes"]["resume-train"][0] == config.limit_train
+    assert metadata.pretrained["chars"].rows >= 6
+    assert metadata.corpus_sizes["resume-train"][0] == config.limit_train
     table = network.state_dict()["char_embedding.weight"]
     # 國 -> 国 (row 3 of the fake table, all 3.0), 萬 -> 万 (all 4.0); neither occurs in the training text
     assert torch.allclose(table[chars.index("萬")], table[chars.index("國")] * 4 / 3)
@@ -61,11 +61,11 @@ def test_multi_corpus_run_with_pretrained_characters(tmp_path: Path) -> None:
 
 def test_a_corpus_on_its_own_head_leaves_the_bundle_with_the_served_head_alone(tmp_path: Path) -> None:
     config = TrainConfig.from_toml(ROOT / "training" / "configs" / "tiny.toml")
-    config = replace(config, ner_train=["msra-train", "resume-train"], ner_dev=["msra-dev"], ner_head_of={"resume-train": 1}, epochs=1)
+    config = config.model_copy(update={"ner_train": ["msra-train", "resume-train"], "ner_dev": ["msra-dev"], "ner_head_of": {"resume-train": 1}, "epochs": 1})
     train(config, tmp_path / "bundle", progress=False)
     network, metadata = load_bundle(tmp_path / "bundle")
     assert not [name for name in network.state_dict() if name.startswith("aux_")]
-    assert metadata["config"]["ner_head_of"] == {"resume-train": 1}
+    assert metadata.config["ner_head_of"] == {"resume-train": 1}
     build_network(metadata).load_state_dict(network.state_dict())  # the served shape, strictly
     [result] = Tagger.load(tmp_path / "bundle", "cpu").tag(["李明在北京大学工作。"])
     assert "".join(t.text for t in result.tokens) == "李明在北京大学工作。"
@@ -75,4 +75,20 @@ def test_unknown_corpus_in_ner_head_of_is_an_error(tmp_path: Path) -> None:
     config = tmp_path / "bad.toml"
     config.write_text('ner_train = ["msra-train"]\nner_head_of = { "cluener-train" = 1 }\n', encoding="utf-8")
     with pytest.raises(ValueError, match=r"ner_head_of names \['cluener-train'\], which are not in ner_train"):
+        TrainConfig.from_toml(config)
+
+
+@pytest.mark.parametrize(
+    "toml, named",
+    [
+        ("epochs = 3\nbalance_losses = true\n", "balance_losses"),  # an option since removed
+        ('epochs = "ten"\n', "epochs"),
+        ('[network]\ncell = "tcn"\n', "cell must be one of"),
+        ("[network]\nhidden = 128\n", "network.hidden"),
+    ],
+)
+def test_a_config_with_an_unknown_key_or_a_wrong_value_is_an_error_naming_it(tmp_path: Path, toml: str, named: str) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text(toml, encoding="utf-8")
+    with pytest.raises(ValueError, match=rf"(?s)bad\.toml: .*{re.escape(named)}"):
         TrainConfig.from_toml(config)

@@ -3,25 +3,30 @@
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, field
 from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from model.network import NetworkConfig
 
 
-@dataclass
-class TrainConfig:
+class TrainConfig(BaseModel):
+    """Every option of a training run; a TOML key that is not here, or a value of the wrong
+    type, is an error naming the file and the key."""
+
+    model_config = ConfigDict(extra="forbid")
+
     name: str = "default"
     version: str = "1.0.0"
     pd98_train: str = "pd98-train"
     pd98_dev: str = "pd98-dev"
     # NER corpora, into the one NER head unless ner_head_of says otherwise (types mapped to PER/LOC/ORG by training.corpora)
-    ner_train: list[str] = field(default_factory=lambda: ["msra-train"])
-    ner_dev: list[str] = field(default_factory=lambda: ["msra-dev"])
-    ner_repeat: dict[str, int] = field(default_factory=dict)  # a training corpus's sentences this many times per epoch (default 1)
+    ner_train: list[str] = Field(default_factory=lambda: ["msra-train"])
+    ner_dev: list[str] = Field(default_factory=lambda: ["msra-dev"])
+    ner_repeat: dict[str, int] = Field(default_factory=dict)  # a training corpus's sentences this many times per epoch (default 1)
     # Which NER head a training corpus trains: 0 (default) is the served head; 1, 2, ... are
     # training-only heads for corpora whose guidelines differ, dropped from the bundle.
-    ner_head_of: dict[str, int] = field(default_factory=dict)
+    ner_head_of: dict[str, int] = Field(default_factory=dict)
     data_dir: str = ""  # the extra-data folder (cluener, resume, text); "" = ../shared/data
     # Pretrained inputs (training only; the bundle carries the fine-tuned tables):
     lac_source: str = ""  # LAC-2.1.2.tar.gz (`make lac`): character table from LAC's, its characters added to the vocabulary
@@ -45,21 +50,22 @@ class TrainConfig:
     # moving average of the weights (this decay per update): single-epoch weights
     # follow the last few hundred batches, and dev NER moved by +-0.005 from epoch to epoch.
     ema_decay: float = 0.0
-    task_weights: dict[str, float] = field(default_factory=dict)
+    task_weights: dict[str, float] = Field(default_factory=dict)
     seed: int = 42
     threads: int = 1
-    network: NetworkConfig = field(default_factory=NetworkConfig)
+    network: NetworkConfig = Field(default_factory=NetworkConfig)
+
+    @model_validator(mode="after")
+    def _corpus_options_name_training_corpora(self) -> TrainConfig:
+        for key in ("ner_repeat", "ner_head_of"):
+            stray = set(getattr(self, key)) - set(self.ner_train)
+            if stray:
+                raise ValueError(f"{key} names {sorted(stray)}, which are not in ner_train {self.ner_train}")
+        return self
 
     @classmethod
     def from_toml(cls, path: str | Path) -> TrainConfig:
-        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-        network = NetworkConfig(**data.pop("network", {}))
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
-        config = cls(network=network, **data)
-        for key in ("ner_repeat", "ner_head_of"):
-            stray = set(getattr(config, key)) - set(config.ner_train)
-            if stray:
-                raise ValueError(f"{path}: {key} names {sorted(stray)}, which are not in ner_train {config.ner_train}")
-        return config
+        try:
+            return cls.model_validate(tomllib.loads(Path(path).read_text(encoding="utf-8")))
+        except ValidationError as error:
+            raise ValueError(f"{path}: {error}") from error

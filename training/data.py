@@ -9,7 +9,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from model.features import Featuriser, Inputs
 from model.schemes import encode
 from model.text import atomise, chunk_ranges
 from training.corpora import Example
@@ -17,14 +16,14 @@ from training.corpora import Example
 
 @dataclass
 class Sequence_:
-    inputs: Inputs
+    text: str  # a chunk's model text, as the tagger reads it (Featuriser.batch makes its inputs)
     seg: list[int] | None
     pos: list[int] | None
     ner: list[int] | None
     ner_head: int = 0
 
 
-def to_sequences(examples: list[Example], featuriser: Featuriser | None, labels: dict[str, list[str]], max_len: int) -> list[Sequence_]:
+def to_sequences(examples: list[Example], labels: dict[str, list[str]], max_len: int) -> list[Sequence_]:
     """Chunk each example as the tagger does and encode its gold spans as label ids."""
     index = {task: {label: i for i, label in enumerate(names)} for task, names in labels.items()}
     texts, gold = [], []
@@ -46,13 +45,12 @@ def to_sequences(examples: list[Example], featuriser: Featuriser | None, labels:
                     [index["ner"].get(t, 0) for t in ner_tags[start:end]] if ner_tags else None,
                 )
             )
-    inputs = featuriser.inputs_many(texts) if featuriser else [None] * len(texts)
-    return [Sequence_(item, *labels_) for item, labels_ in zip(inputs, gold)]
+    return [Sequence_(text, *labels_) for text, labels_ in zip(texts, gold)]
 
 
 def make_batches(sequences: list[Sequence_], batch_size: int, rng: random.Random) -> list[list[Sequence_]]:
     """Batches of similar length (less padding), in random order."""
-    order = sorted(range(len(sequences)), key=lambda i: (len(sequences[i].inputs), rng.random()))
+    order = sorted(range(len(sequences)), key=lambda i: (len(sequences[i].text), rng.random()))
     batches = [[sequences[i] for i in order[k : k + batch_size]] for k in range(0, len(order), batch_size)]
     rng.shuffle(batches)
     return batches

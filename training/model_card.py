@@ -13,12 +13,11 @@ never used for selection.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
 
-from model.artifact import METADATA_FILE
+from model.artifact import BundleMetadata, read_metadata
 from model.tagger import TASKS, Tagger
 from training.corpora import CORPORA, corpus_family, load_corpus
 from training.evaluate import evaluate, sample, training_words
@@ -50,10 +49,10 @@ def run_evaluations(bundle: Path, data: str | None = None) -> dict:
     return figures
 
 
-def data_table(metadata: dict) -> list[str]:
+def data_table(metadata: BundleMetadata) -> list[str]:
     """Every split the bundle was trained, selected or tested on, with its size, source and licence status."""
-    config, evaluation = metadata["config"], metadata["evaluation"]
-    sizes = {**metadata.get("corpus_sizes", {}), **{name: (evaluation[name]["model"]["sentences"], evaluation[name]["model"].get("characters")) for name in (SEG_TEST, *NER_TEST) if name in evaluation}}
+    config, evaluation = metadata.config, metadata.evaluation
+    sizes = {**metadata.corpus_sizes, **{name: (evaluation[name]["model"]["sentences"], evaluation[name]["model"].get("characters")) for name in (SEG_TEST, *NER_TEST) if name in evaluation}}
     ner_train, ner_dev = config.get("ner_train", ["msra-train"]), config.get("ner_dev", ["msra-dev"])
     roles = {config["pd98_train"]: "seg + POS train", config["pd98_dev"]: "seg + POS dev", SEG_TEST: "seg + POS test"}
     roles |= {name: "NER train" for name in ner_train} | {name: "NER dev" for name in ner_dev} | {name: "NER test" for name in NER_TEST}
@@ -63,8 +62,8 @@ def data_table(metadata: dict) -> list[str]:
         info = CORPORA.get(corpus_family(name), {"source": name, "licence": "user data"})
         lines.append(f"| `{name}` | {role} | {sentences or 'n/a'} | {characters or 'n/a'} | {info['source']} | {info['licence']} |")
     lines.append("| jieba's dictionary | dictionary features | about 350k words | | `jieba` package | MIT |")
-    for table, done in metadata.get("pretrained", {}).items():
-        lines.append(f"| pretrained {table} | initial {table} table ({done['rows']} of {done['of']} rows) | | | {done['source']} | {done['licence']} |")
+    for table, done in metadata.pretrained.items():
+        lines.append(f"| pretrained {table} | initial {table} table ({done.rows} of {done.of} rows) | | | {done.source} | {done.licence} |")
     return lines
 
 
@@ -72,14 +71,14 @@ def f(value: float) -> str:
     return f"{value:.4f}"
 
 
-def render_card(metadata: dict) -> str:
-    evaluation = metadata["evaluation"]
-    training = metadata["training"]
-    config = metadata["config"]
-    network = config["network"]
+def render_card(metadata: BundleMetadata) -> str:
+    evaluation = metadata.evaluation
+    training = metadata.training
+    config = metadata.config
+    network = metadata.network_config()
     seg = evaluation[SEG_TEST]
     lines = [
-        f"# Model card: {metadata['name']} {metadata['version']}",
+        f"# Model card: {metadata.name} {metadata.version}",
         "",
         "Character-level BiRNN-CRF tagger for Chinese: word segmentation, POS tags (PKU / People's Daily tag set)",
         "and named entities (PER, LOC, ORG) from one shared encoder in one forward pass.",
@@ -96,21 +95,21 @@ def render_card(metadata: dict) -> str:
         "",
         "## Model",
         "",
-        f"- inputs: character embedding ({network['char_dim']}), left and right character-bigram embeddings ({network['bigram_dim']} each, "
-        f"{len(metadata['vocab']['bigrams'])} bigrams), {metadata['lexicon_features']} jieba dictionary-match features projected to {network['lexicon_dim']}",
-        f"- encoder: {network['num_layers']} layer(s) bidirectional {network['cell'].upper()}, hidden {network['hidden_size']} per direction, merge `{network['merge']}`, dropout {network['dropout']}, "
-        f"<unk> dropout {network.get('unk_dropout', 0.0)} (training only)",
+        f"- inputs: character embedding ({network.char_dim}), left and right character-bigram embeddings ({network.bigram_dim} each, "
+        f"{len(metadata.vocab.bigrams)} bigrams), {metadata.lexicon_features} jieba dictionary-match features projected to {network.lexicon_dim}",
+        f"- encoder: {network.num_layers} layer(s) bidirectional {network.cell.upper()}, hidden {network.hidden_size} per direction, merge `{network.merge}`, dropout {network.dropout}, "
+        f"<unk> dropout {network.unk_dropout} (training only)",
         "- heads: seg (BMES) and NER (O + BMES x PER/LOC/ORG) with CRFs constrained to valid BMES transitions;"
-        f" POS ({len(metadata['labels']['pos'])} labels, BMES x tag) trained per character and decoded by constrained Viterbi inside the segmentation's word boundaries",
-        f"- sequences are chunked at sentence punctuation to at most {metadata['max_len']} atoms (a run of Latin letters or digits is one atom)",
+        f" POS ({len(metadata.labels.pos)} labels, BMES x tag) trained per character and decoded by constrained Viterbi inside the segmentation's word boundaries",
+        f"- sequences are chunked at sentence punctuation to at most {metadata.max_len} atoms (a run of Latin letters or digits is one atom)",
         "- exported with TorchScript (`network.pt`); vocabularies, labels and figures in `metadata.json`",
         "",
         "## Training",
         "",
-        f"- hardware: {training['hardware']}",
-        f"- time: {training['minutes']:.1f} minutes, {training['epochs_run']} epochs (best: epoch {training['best_epoch']}), seed {training['seed']}",
-        f"- torch {training['torch']}, git commit `{training['git_commit']}`, finished {training['finished']}",
-        f"- config: `training/configs/{metadata['name']}.toml`",
+        f"- hardware: {training.hardware}",
+        f"- time: {training.minutes:.1f} minutes, {training.epochs_run} epochs (best: epoch {training.best_epoch}), seed {training.seed}",
+        f"- torch {training.torch}, git commit `{training.git_commit}`, finished {training.finished}",
+        f"- config: `training/configs/{metadata.name}.toml`",
     ]
     if config.get("ema_decay"):
         lines.append(f"- weights: exponential moving average of the training weights (decay {config['ema_decay']} per batch), for dev selection and in the bundle")
@@ -149,9 +148,9 @@ def render_card(metadata: dict) -> str:
         "## Reproduce",
         "",
         "```",
-        f"make train        # make lac pretrain, then python -m training.train --config training/configs/{metadata['name']}.toml",
-        f"python -m training.model_card --model model/artifacts/{metadata['name']}",
-        *(f"python -m training.evaluate --model model/artifacts/{metadata['name']} --corpus {corpus}" for corpus in (*NER_TEST, SEG_TEST)),
+        f"make train        # make lac pretrain, then python -m training.train --config training/configs/{metadata.name}.toml",
+        f"python -m training.model_card --model model/artifacts/{metadata.name}",
+        *(f"python -m training.evaluate --model model/artifacts/{metadata.name} --corpus {corpus}" for corpus in (*NER_TEST, SEG_TEST)),
         "```",
         "",
         "## Limits",
@@ -161,7 +160,7 @@ def render_card(metadata: dict) -> str:
         "- Segmentation follows the PKU standard (e.g. person names split into surname and given name: 江/nr 泽民/nr),",
         "  while entities follow MSRA (江泽民 is one PER entity).",
         "- Simplified Chinese. "
-        + ("Traditional characters have LAC's vectors (through its q2b mapping) but next to no labelled examples." if "chars" in metadata.get("pretrained", {}) else "Traditional characters are mostly unknown to the character vocabulary."),
+        + ("Traditional characters have LAC's vectors (through its q2b mapping) but next to no labelled examples." if "chars" in metadata.pretrained else "Traditional characters are mostly unknown to the character vocabulary."),
         "",
     ]
     if RECIPES.is_file():
@@ -197,10 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     bundle = Path(args.model)
-    metadata_file = bundle / METADATA_FILE
-    metadata = json.loads(metadata_file.read_text(encoding="utf-8"))
-    metadata["evaluation"] = {"dev": metadata.get("evaluation", {}).get("dev"), **run_evaluations(bundle, args.data_dir)}
-    metadata_file.write_text(json.dumps(metadata, ensure_ascii=False, indent=1), encoding="utf-8")
+    metadata = read_metadata(bundle)
+    metadata.evaluation = {"dev": metadata.evaluation.get("dev"), **run_evaluations(bundle, args.data_dir)}
+    metadata.write(bundle)
     card = render_card(metadata)
     (bundle / "MODEL_CARD.md").write_text(card, encoding="utf-8")
     print(card)

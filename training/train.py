@@ -27,8 +27,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from model.artifact import save_bundle
-from model.features import Batch, Featuriser, pad
+from model.artifact import BundleMetadata, CorpusUse, Labels, TrainingRecord, Vocabularies, save_bundle
+from model.features import Batch, Featuriser
 from model.lexicon import Lexicon
 from model.network import TaggerNetwork
 from model.schemes import make_labels
@@ -59,6 +59,7 @@ class Optimiser:
         clip: float,
         task_weights: dict[str, float] | None = None,
         embedding_learning_rate: float = 0.0,
+        lr_decay: float = 1.0,
     ):
         self.network = network
         self.clip = clip
@@ -66,6 +67,7 @@ class Optimiser:
         self.sparse = [p for n, p in network.named_parameters() if "embedding" in n]
         self.dense = [p for n, p in network.named_parameters() if "embedding" not in n]
         self.optimisers = [torch.optim.Adam(self.dense, lr=learning_rate), torch.optim.SparseAdam(self.sparse, lr=embedding_learning_rate or learning_rate)]
+        self.schedules = [torch.optim.lr_scheduler.ExponentialLR(optimiser, gamma=lr_decay) for optimiser in self.optimisers]
 
     def step(self, batch: Batch, seg: torch.Tensor | None, pos: torch.Tensor | None, ner: torch.Tensor | None, ner_head: int = 0) -> float:
         """One update on `batch`; returns the summed (unweighted) loss."""
@@ -83,10 +85,10 @@ class Optimiser:
             optimiser.step()
         return float(sum(loss.item() for loss in losses.values()))
 
-    def decay(self, factor: float) -> None:
-        for optimiser in self.optimisers:
-            for group in optimiser.param_groups:
-                group["lr"] *= factor
+    def end_epoch(self) -> None:
+        """The learning rates decay by `lr_decay` per epoch."""
+        for schedule in self.schedules:
+            schedule.step()
 
 
 def git_commit() -> str:
@@ -168,14 +170,14 @@ def train(config: TrainConfig, out: Path, progress: bool = True) -> dict:
     if word_vocab is not None:
         print(f"words {len(word_vocab)}", file=sys.stderr)
     print(f"chars {len(char_vocab)}, bigrams {len(bigram_vocab)}, pos labels {len(labels['pos'])}, ner labels {len(labels['ner'])}", file=sys.stderr)
-    pd98_sequences = to_sequences(pd98_train, featuriser, labels, config.max_len)
+    pd98_sequences = to_sequences(pd98_train, labels, config.max_len)
     ner_sequences = []
     for name, examples in zip(config.ner_train, ner_train_by_corpus):
-        sequences = to_sequences(examples * config.ner_repeat.get(name, 1), featuriser, labels, config.max_len)
+        sequences = to_sequences(examples * config.ner_repeat.get(name, 1), labels, config.max_len)
         for sequence in sequences:
             sequence.ner_head = config.ner_head_of.get(name, 0)
         ner_sequences += sequences
-    train_chars = sum(len(s.inputs) for s in pd98_sequences + ner_sequences)
+    train_chars = sum(len(s.text) for s in pd98_sequences + ner_sequences)
     print(f"training sequences: pd98 {len(pd98_sequences)}, ner {len(ner_sequences)} ({', '.join(config.ner_train)}), {train_chars} atoms", file=sys.stderr)
 
     num_words = len(word_vocab) if word_vocab else 0
@@ -183,30 +185,30 @@ def train(config: TrainConfig, out: Path, progress: bool = True) -> dict:
     network = TaggerNetwork(config.network, len(char_vocab), len(bigram_vocab), Lexicon.size, labels["seg"], labels["pos"], labels["ner"], num_words, aux_heads)
     pretrained = initialise_tables(network, config, char_vocab, bigram_vocab)
     network = network.to(device)
-    optimiser = Optimiser(network, config.learning_rate, config.clip, config.task_weights, config.embedding_learning_rate)
+    optimiser = Optimiser(network, config.learning_rate, config.clip, config.task_weights, config.embedding_learning_rate, config.lr_decay)
     averaged = None
     if config.ema_decay:
         averaged = torch.optim.swa_utils.AveragedModel(network, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config.ema_decay))
     kept = averaged.module if averaged is not None else network  # what is evaluated and shipped
 
-    metadata = {
-        "name": config.name,
-        "version": config.version,
-        "max_len": config.max_len,
-        "lexicon_features": Lexicon.size,
-        "vocab": {"chars": char_vocab.to_json(), "bigrams": bigram_vocab.to_json(), **({"words": word_vocab.to_json()} if word_vocab else {})},
-        "labels": labels,
-        "config": {**{k: v for k, v in config.__dict__.items() if k != "network"}, "network": config.network.to_dict()},
-        "corpora": {
-            "seg+pos": {"train": config.pd98_train, "dev": config.pd98_dev, "source": CORPORA["pd98"]["source"]},
-            "ner": {"train": config.ner_train, "dev": config.ner_dev, "source": "; ".join(CORPORA[corpus_family(name)]["source"] for name in config.ner_train)},
+    metadata = BundleMetadata(
+        name=config.name,
+        version=config.version,
+        max_len=config.max_len,
+        lexicon_features=Lexicon.size,
+        vocab=Vocabularies(chars=char_vocab.to_json(), bigrams=bigram_vocab.to_json(), words=word_vocab.to_json() if word_vocab else None),
+        labels=Labels(**labels),
+        config=config.model_dump(),
+        corpora={
+            "seg+pos": CorpusUse(train=config.pd98_train, dev=config.pd98_dev, source=CORPORA["pd98"]["source"]),
+            "ner": CorpusUse(train=config.ner_train, dev=config.ner_dev, source="; ".join(CORPORA[corpus_family(name)]["source"] for name in config.ner_train)),
         },
-        "pretrained": pretrained,
-        "corpus_sizes": {
-            name: [len(examples), sum(len(e.text) for e in examples)]
+        pretrained=pretrained,
+        corpus_sizes={
+            name: (len(examples), sum(len(e.text) for e in examples))
             for name, examples in [(config.pd98_train, pd98_train), (config.pd98_dev, pd98_dev), *zip(config.ner_train, ner_train_by_corpus), *ner_dev.items()]
         },
-    }
+    )
 
     def evaluate_dev() -> dict:
         kept.eval()
@@ -230,7 +232,7 @@ def train(config: TrainConfig, out: Path, progress: bool = True) -> dict:
         total_loss, total_chars, epoch_start = 0.0, 0, time.time()
         bar = tqdm(batches, desc=f"epoch {epoch}", disable=not progress, mininterval=5)
         for batch in bar:
-            tensors = pad([s.inputs for s in batch]).to(device)
+            tensors = featuriser.batch([s.text for s in batch]).to(device)
             steps = tensors.chars.shape[1]
             gold = [label_tensor(batch, task, steps) for task in TASKS]
             total_loss += optimiser.step(tensors, *(None if t is None else t.to(device) for t in gold), ner_head=batch[0].ner_head)
@@ -240,7 +242,7 @@ def train(config: TrainConfig, out: Path, progress: bool = True) -> dict:
             bar.set_postfix(loss=f"{total_loss / total_chars:.4f}", refresh=False)
             if time.time() - started > budget:
                 break
-        optimiser.decay(config.lr_decay)
+        optimiser.end_epoch()
         report = evaluate_dev()
         dev_score = dev_figures(report)
         entry = {
@@ -265,20 +267,20 @@ def train(config: TrainConfig, out: Path, progress: bool = True) -> dict:
     network.load_state_dict(best)  # the averaged weights when ema_decay is set: same names, same shapes
     network.drop_aux_heads()
     minutes = (time.time() - started) / 60
-    metadata["training"] = {
-        "best_epoch": best_epoch,
-        "epochs_run": len(history),
-        "minutes": minutes,
-        "hardware": hardware(),
-        "torch": torch.__version__,
-        "git_commit": git_commit(),
-        "seed": config.seed,
-        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    metadata["evaluation"] = {"dev": best_report}
+    metadata.training = TrainingRecord(
+        best_epoch=best_epoch,
+        epochs_run=len(history),
+        minutes=minutes,
+        hardware=hardware(),
+        torch=torch.__version__,
+        git_commit=git_commit(),
+        seed=config.seed,
+        finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    )
+    metadata.evaluation = {"dev": best_report}
     network.cpu()
     save_bundle(out, network, metadata)
-    report = {"history": history, "best_epoch": best_epoch, "dev": best_report, "training": metadata["training"]}
+    report = {"history": history, "best_epoch": best_epoch, "dev": best_report, "training": metadata.training.model_dump()}
     (out / "report.json").write_text(json.dumps(report, ensure_ascii=False, indent=1), encoding="utf-8")
     plot_curve(history, out / "curve.png")
     return report
