@@ -23,7 +23,7 @@ from app.errors import error
 from app.schemas import ErrorOut, TagRequest, TagResponse
 from model.artifact import read_metadata
 from model.tagger import check_tasks
-from model.user_dict import DictEntry
+from model.user_dict import DictEntry, UserDictionary
 
 log = logging.getLogger("app")
 router = APIRouter()
@@ -47,11 +47,11 @@ async def tag(body: TagRequest, request: Request, tagger: ReadyTagger, state: St
             metrics.REJECTED.labels("text_too_long").inc()
             raise HTTPException(413, f"text {index} has {len(text)} characters, the limit is {settings.max_text_chars} (NER_MAX_TEXT_CHARS)")
     tasks = check_tasks(body.tasks)
-    entries = request_entries(body, settings.max_request_entries)
+    request_dict = request_dictionary(body, settings.max_request_entries)
     if sum(len(text) for text in texts) <= INLINE_PREPARE_CHARS:
-        prepared = [tagger.prepare(text, entries) for text in texts]
+        prepared = [tagger.prepare(text, request_dict) for text in texts]
     else:  # long input: keep the event loop free while it is split
-        prepared = await asyncio.to_thread(lambda: [tagger.prepare(text, entries) for text in texts])
+        prepared = await asyncio.to_thread(lambda: [tagger.prepare(text, request_dict) for text in texts])
     chunks = [chunk for p in prepared for chunk in p.chunks]
     assert state.batcher is not None
     try:
@@ -91,14 +91,14 @@ async def tag(body: TagRequest, request: Request, tagger: ReadyTagger, state: St
     return Response(orjson.dumps(payload), media_type="application/json", headers={"X-Request-ID": request_id})
 
 
-def request_entries(body: TagRequest, limit: int) -> list[DictEntry]:
-    """The request's own dictionary entries; 413 over the limit."""
+def request_dictionary(body: TagRequest, limit: int) -> UserDictionary | None:
+    """The request's own dictionary entries, if any; 413 over the limit."""
     if not body.user_dict:
-        return []
+        return None
     if len(body.user_dict) > limit:
         metrics.REJECTED.labels("too_many_entries").inc()
         raise HTTPException(413, f"too many user_dict entries: {len(body.user_dict)}, the limit is {limit} per request (NER_MAX_REQUEST_ENTRIES)")
-    return [DictEntry.make(entry.word, None, entry.pos, entry.type) for entry in body.user_dict]
+    return UserDictionary(DictEntry.make(entry.word, None, entry.pos, entry.type) for entry in body.user_dict)
 
 
 # HEAD too: load balancers and uptime checkers send it. A route of its own, after GET's and

@@ -197,13 +197,12 @@ class Tagger:
 
     # -- the three steps -------------------------------------------------------
 
-    def prepare(self, text: str, extra_entries: Sequence[DictEntry] = ()) -> PreparedText:
+    def prepare(self, text: str, request_dict: UserDictionary | None = None) -> PreparedText:
         """The text's atoms and chunks, with the user dictionary's occurrences (and those of
-        `extra_entries`, which win over it) to force."""
+        `request_dict`, a request's own entries, which win over it) to force."""
         atoms = atomise(text)
         chunks = [Chunk(start, end, atoms.model_text[start:end]) for start, end in chunk_ranges(atoms, self.max_len)]
-        user_dict = self.user_dict.merged(extra_entries) if extra_entries else self.user_dict
-        matches = user_dict.matches(text)
+        matches = self.user_dict.matches(text, request_dict)
         return PreparedText(text, atoms, chunks, force_in_chunks(matches, atoms, chunks) if matches else [])
 
     @torch.inference_mode()
@@ -312,7 +311,8 @@ class Tagger:
         if isinstance(texts, str):
             texts = [texts]
         tasks = check_tasks(tasks)
-        prepared = [self.prepare(text, extra_entries) for text in texts]
+        request_dict = UserDictionary(extra_entries) if extra_entries else None
+        prepared = [self.prepare(text, request_dict) for text in texts]
         flat = [(i, k) for i, p in enumerate(prepared) for k in range(len(p.chunks))]
         flat.sort(key=lambda ik: len(prepared[ik[0]].chunks[ik[1]]))
         labels: dict[tuple[int, int], ChunkLabels] = {}

@@ -107,26 +107,26 @@ class UserDictionary:
             entries.append(DictEntry.make(word, int(freq) if freq else None, pos, kind))
         return cls(entries, source, rejected)
 
-    def merged(self, extra: Iterable[DictEntry]) -> UserDictionary:
-        """This dictionary with `extra` entries added (they win over entries of the same word)."""
-        return UserDictionary([*self.entries.values(), *extra], self.source)
-
-    def matches(self, text: str) -> list[DictMatch]:
-        """Non-overlapping occurrences of the entries in `text`, leftmost first, then longest."""
-        if self._starts is None:
+    def matches(self, text: str, request_dict: UserDictionary | None = None) -> list[DictMatch]:
+        """Non-overlapping occurrences of the entries in `text`, leftmost first, then longest;
+        `request_dict` (a request's own entries) is matched as if merged into this one, its
+        entries winning over this one's for the same word, without copying this one."""
+        layers = [d for d in (request_dict, self) if d is not None and d._starts is not None]
+        if not layers:
             return []
         normal = normalise(text)  # 1:1, so offsets stay those of `text`
+        starts = sorted({m.start() for d in layers for m in d._starts.finditer(normal)})
+        lengths = sorted({n for d in layers for n in d._lengths}, reverse=True)
         found: list[DictMatch] = []
         free_from = 0
-        for candidate in self._starts.finditer(normal):
-            start = candidate.start()
+        for start in starts:
             if start < free_from:
                 continue
-            for length in self._lengths:
-                entry = self.entries.get(normal[start : start + length])
+            for length in lengths:
+                word = normal[start : start + length]
+                entry = next((d.entries[word] for d in layers if word in d.entries), None)
                 if entry is not None:
                     found.append(DictMatch(start, start + length, entry))
                     free_from = start + length
                     break
         return found
-

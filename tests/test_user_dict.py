@@ -7,6 +7,8 @@ import sys
 import jieba
 import jieba.posseg
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from model.lexicon import Lexicon
 from model.tagger import Entity, Tagger, Token, merge_names
@@ -193,3 +195,19 @@ def test_ner_tag_cli_with_user_dict(tmp_path):
     assert {("字节跳动", "ORG"), ("顺丰", "ORG"), ("特斯拉", "ORG"), ("余承东", "PER")} <= entities
     assert {("抖音", "nz"), ("淘宝", "nz"), ("字节跳动", "nt")} <= tokens
     assert "6 entries (forced), 0 rejected lines" in run.stderr
+
+
+WORDS = ["字节", "字节跳动", "跳动", "跳动旗下", "抖音", "音乐", "B站", "站", "节"]
+entries_of = st.lists(st.tuples(st.sampled_from(WORDS), st.sampled_from(["nz", "nt", "n"])), max_size=5).map(lambda pairs: [DictEntry.make(w, pos=p) for w, p in pairs])
+
+
+@settings(max_examples=200, deadline=None)
+@given(entries_of, entries_of, st.lists(st.sampled_from([*WORDS, "的", "Ｂ站"]), max_size=10).map("".join))
+def test_a_requests_entries_match_as_if_merged_into_the_dictionary(file_entries, request_entries, text):
+    """Per-request entries are matched beside the file's dictionary (not merged into a copy of
+    it per request), with the same result as one merged dictionary: longest match across both,
+    the request's entry winning for the same word."""
+    file_dict, request_dict = UserDictionary(file_entries), UserDictionary(request_entries)
+    merged = UserDictionary([*file_dict.entries.values(), *request_dict.entries.values()])
+    assert file_dict.matches(text, request_dict) == merged.matches(text)
+    assert file_dict.matches(text, None) == file_dict.matches(text)
