@@ -67,7 +67,7 @@ RUN --mount=type=secret,id=pip_conf,target=/etc/pip.conf \
     && pip install --no-cache-dir -c constraints.txt /wheels/*.whl
 # Fail the build, not the first start, if the installed package lacks its model
 # (-I: import the installed package, not the sources in the working directory).
-RUN python -I -c "from app.settings import DEFAULT_MODEL; from model.artifact import read_metadata; print(read_metadata(DEFAULT_MODEL)['version'])"
+RUN python -I -c "from app.settings import DEFAULT_MODEL; from model.artifact import read_metadata; print(read_metadata(DEFAULT_MODEL).version)"
 
 # ---- runtime: the virtual environment only, as a non-root user ----
 FROM ${PYTHON_IMAGE} AS runtime

@@ -505,3 +505,13 @@ def test_image_test_builds_with_the_docker_format_and_checks_what_the_issue_asks
     sandbox = (CONTAINER_DIR / "sandbox.sh").read_text()
     for setting in ('runtime = "runc"', "nofile=20000:20000", 'cgroup_manager = "cgroupfs"', 'events_logger = "file"', 'location = "docker.io"', "debootstrap", "localhost/local/python:3.11-bookworm"):
         assert setting in sandbox, setting
+
+
+def test_the_dockerfiles_python_checks_run_against_this_code() -> None:
+    """The build runs `python -I -c "..."` checks against the installed package; run each here
+    against the sources, so that an API change breaks this test and not only the image build."""
+    checks = re.findall(r'^RUN python -I -c "(.+)"$', DOCKERFILE.read_text(), re.MULTILINE)
+    assert checks, "the Dockerfile no longer checks its model at build time"
+    for code in checks:
+        done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, f"{code}\n{done.stderr}"
