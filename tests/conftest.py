@@ -51,6 +51,26 @@ class Server:
     def output(self) -> str:
         return self.log.read_text(errors="replace")
 
+    def post_mortem(self, lines: int = 60) -> str:
+        """Whether the server still runs (or how it ended) and the end of its log."""
+        code = self.process.poll()
+        state = "still running" if code is None else f"exited with {code}" + (f" (signal {-code})" if code < 0 else "")
+        tail = "\n".join(self.output().splitlines()[-lines:])
+        return f"server pid {self.process.pid} on port {self.port}: {state}; last {lines} lines of {self.log}:\n{tail}"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[pytest.TestReport]:
+    """A failed test that used a server shows how the server fared: a server that died
+    (a signal, a crash) otherwise leaves only a client's connection error to read."""
+    report = yield
+    if report.failed:
+        for value in getattr(item, "funcargs", {}).values():
+            # not isinstance: test modules import this file as tests.conftest, pytest as conftest
+            if type(value).__name__ == "Server":
+                report.sections.append(("server", value.post_mortem()))
+    return report
+
 
 @contextmanager
 def run_server(bundle: Path, tmp_path: Path, env: dict[str, str] | None = None, workers: int = 1, ready_timeout: float = 90) -> Iterator[Server]:
