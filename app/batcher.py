@@ -5,7 +5,7 @@ queue, one lane per request. One inference thread owns the model and the batchin
 it fills a batch from the oldest requests first, each taking at most half a batch while
 others wait, so that a small request is not stuck behind a huge one; when the model was idle it waits
 at most `max_wait_ms` for more, closes the batch at `max_batch_sentences` or
-`max_batch_chars`, sorts it by length and runs it. Each chunk's future gets its labels
+`max_batch_chars`, sorts it by length and runs it. Each chunk's future gets its spans
 back on the event loop, so results return to their requests in order. A full queue
 refuses new work (QueueFull -> 503) rather than queueing forever; a request with more
 sentences than the whole queue holds could never be admitted (TooManySentences -> 413).
@@ -33,7 +33,7 @@ import torch
 from app import metrics
 from app.settings import FAULT_MARKER, Settings
 from model.memory import release_free_memory
-from model.tagger import TASKS, Chunk, ChunkLabels, Tagger
+from model.tagger import TASKS, Chunk, ChunkSpans, Tagger
 
 log = logging.getLogger("app.batcher")
 
@@ -120,7 +120,7 @@ class Batcher:
 
     # -- requests (event loop) -------------------------------------------------
 
-    async def submit(self, chunks: Sequence[Chunk], tasks: Sequence[str], fault: bool = False) -> list[ChunkLabels]:
+    async def submit(self, chunks: Sequence[Chunk], tasks: Sequence[str], fault: bool = False) -> list[ChunkSpans]:
         """Labels for `chunks`, in order. Raises TooManySentences, QueueFull, QueueTimeout,
         BatchFailed, NotAccepting."""
         if not chunks:
@@ -225,7 +225,7 @@ class Batcher:
         fault = self.settings.fault_injection and any(item.fault for item in batch)
         started = time.perf_counter()
         try:
-            labels = self._infer([item.chunk for item in batch], tasks, fault)
+            spans = self._infer([item.chunk for item in batch], tasks, fault)
         except Exception:
             error_id = uuid.uuid4().hex[:12]
             log.exception("batch of %d sentences failed, error id %s", len(batch), error_id)
@@ -234,21 +234,21 @@ class Batcher:
             return
         metrics.INFERENCE_TIME.observe(time.perf_counter() - started)
         metrics.BATCH_SIZE.observe(len(batch))
-        self._settle(batch, labels=labels)
+        self._settle(batch, spans=spans)
 
-    def _settle(self, items: list[_Item], labels: list[ChunkLabels] | None = None, error: Exception | None = None) -> None:
+    def _settle(self, items: list[_Item], spans: list[ChunkSpans] | None = None, error: Exception | None = None) -> None:
         """Hand results (or one error for all) to the items' futures, on the event loop."""
         assert self._loop is not None
-        self._loop.call_soon_threadsafe(_set_futures, [item.future for item in items], labels, error)
+        self._loop.call_soon_threadsafe(_set_futures, [item.future for item in items], spans, error)
 
-    def _infer(self, chunks: list[Chunk], tasks: tuple[str, ...], fault: bool) -> list[ChunkLabels]:
+    def _infer(self, chunks: list[Chunk], tasks: tuple[str, ...], fault: bool) -> list[ChunkSpans]:
         if fault:
             raise RuntimeError("injected fault (NER_FAULT_INJECTION is on and a text carried the fault marker)")
-        labels = self.tagger.infer(chunks, tasks)
+        spans = self.tagger.infer(chunks, tasks)
         self._batches_since_trim += 1
         if time.monotonic() - self._last_trim > TRIM_INTERVAL_S:
             self._release_memory()
-        return labels
+        return spans
 
     def _release_memory(self) -> None:
         release_free_memory()
@@ -256,15 +256,15 @@ class Batcher:
         self._batches_since_trim = 0
 
 
-def _set_futures(futures: list[asyncio.Future], labels: list[ChunkLabels] | None, error: Exception | None) -> None:
+def _set_futures(futures: list[asyncio.Future], spans: list[ChunkSpans] | None, error: Exception | None) -> None:
     for index, future in enumerate(futures):
         if future.done():  # cancelled meanwhile: the client went away
             continue
         if error is not None:
             future.set_exception(error)
         else:
-            assert labels is not None
-            future.set_result(labels[index])
+            assert spans is not None
+            future.set_result(spans[index])
 
 
 def wants_fault(texts: Sequence[str], settings: Settings) -> bool:

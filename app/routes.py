@@ -55,7 +55,7 @@ async def tag(body: TagRequest, request: Request, tagger: ReadyTagger, state: St
     chunks = [chunk for p in prepared for chunk in p.chunks]
     assert state.batcher is not None
     try:
-        labels = await unless_client_leaves(request, state.batcher.submit(chunks, tasks, wants_fault(texts, settings)))
+        spans = await unless_client_leaves(request, state.batcher.submit(chunks, tasks, wants_fault(texts, settings)))
     except TooManySentences as refusal:
         metrics.REJECTED.labels("too_many_sentences").inc()
         raise HTTPException(413, f"the texts split into {refusal.sentences} sentences, more than the queue holds ({settings.queue_capacity}, NER_QUEUE_CAPACITY): send them in several requests") from None
@@ -74,7 +74,7 @@ async def tag(body: TagRequest, request: Request, tagger: ReadyTagger, state: St
     results, position = [], 0
     whole_names = settings.whole_names if body.whole_names is None else body.whole_names
     for p in prepared:
-        result = tagger.assemble(p, labels[position : position + len(p.chunks)], tasks, whole_names, body.report_dictionary)
+        result = tagger.assemble(p, spans[position : position + len(p.chunks)], tasks, whole_names, body.report_dictionary)
         position += len(p.chunks)
         results.append(result)  # orjson serialises the dataclasses directly
         metrics.CHARACTERS.inc(len(p.text))

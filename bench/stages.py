@@ -4,8 +4,8 @@
 
 In-process (msra-test, one torch thread, batches of `--batch-size` chunks sorted by length as
 `Tagger.tag` forms them): `Tagger.prepare` (atoms, chunks), `Featuriser.batch` (ids,
-dictionary features, padding), the network with Viterbi (`Tagger.label_ids`), ids to label
-strings (`Tagger.chunk_labels`) and `Tagger.assemble` (spans, offsets, tokens, entities).
+dictionary features, padding), the network with Viterbi (`Tagger.label_ids`), label ids to
+spans (`Tagger.chunk_spans`) and `Tagger.assemble` (offsets, tokens, entities).
 "everything but the network" is the sum of the other stages, in characters per second.
 
 With `--http`: wrk at 64 connections, one sentence per request, against `ner-serve` (one
@@ -33,7 +33,7 @@ from model.tagger import TASKS, Tagger
 from training.corpora import load_corpus
 
 DEFAULT_OUT = Path("bench/results/stages.json")
-STAGES = ("prepare", "featurise", "network", "label_strings", "assemble")
+STAGES = ("prepare", "featurise", "network", "decode", "assemble")
 
 
 def time_stages(tagger: Tagger, texts: list[str], batch_size: int) -> dict[str, float]:
@@ -43,7 +43,7 @@ def time_stages(tagger: Tagger, texts: list[str], batch_size: int) -> dict[str, 
     prepared = [tagger.prepare(text) for text in texts]
     seconds["prepare"] = time.perf_counter() - started
     flat = sorted(((i, k) for i, p in enumerate(prepared) for k in range(len(p.chunks))), key=lambda ik: len(prepared[ik[0]].chunks[ik[1]]))
-    labels = {}
+    spans = {}
     for offset in range(0, len(flat), batch_size):
         keys = flat[offset : offset + batch_size]
         chunks = [prepared[i].chunks[k] for i, k in keys]
@@ -53,13 +53,13 @@ def time_stages(tagger: Tagger, texts: list[str], batch_size: int) -> dict[str, 
         featurised = time.perf_counter()
         ids = tagger.label_ids(batch, chunks, TASKS)
         networked = time.perf_counter()
-        labels.update(zip(keys, tagger.chunk_labels(ids, chunks)))
+        spans.update(zip(keys, tagger.chunk_spans(ids, chunks)))
         seconds["featurise"] += featurised - started
         seconds["network"] += networked - featurised
-        seconds["label_strings"] += time.perf_counter() - networked
+        seconds["decode"] += time.perf_counter() - networked
     started = time.perf_counter()
     for i, p in enumerate(prepared):
-        tagger.assemble(p, [labels[(i, k)] for k in range(len(p.chunks))], TASKS)
+        tagger.assemble(p, [spans[(i, k)] for k in range(len(p.chunks))], TASKS)
     seconds["assemble"] = time.perf_counter() - started
     return seconds
 

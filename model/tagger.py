@@ -5,8 +5,8 @@
 
 The work is split in three steps so that a server can pool chunks of many requests
 into one batch: `prepare` (text -> chunks of model string), `infer` (a batch of chunks
--> model inputs -> labels, one forward pass), `assemble` (labels -> result with offsets
-into the original text). `tag` runs all three for a list of texts. The model inputs
+-> model inputs -> label ids, one forward pass -> spans, decoded for the whole batch in
+numpy), `assemble` (spans -> result with offsets into the original text). `tag` runs all three for a list of texts. The model inputs
 are computed in `infer`, for the whole batch at once: the dictionary step is
 vectorised across texts, and a server's queue holds only strings.
 """
@@ -27,7 +27,7 @@ from model.features import Batch, Featuriser
 from model.int8 import quantise
 from model.lexicon import Lexicon
 from model.memory import freeze_long_lived_objects, release_free_memory
-from model.schemes import OUTSIDE, PREFIXES, decode, split_label
+from model.schemes import OUTSIDE, PREFIXES, Span, SpanDecoder, split_label
 from model.scripting import owned_by_torchscript
 from model.text import SPACE, Atoms, atomise, chunk_ranges
 from model.user_dict import NOT_AN_ENTITY, DictEntry, DictMatch, UserDictionary
@@ -103,11 +103,14 @@ class PreparedText:
     dictionary: list[DictMatch] = field(default_factory=list)  # the entries forced in this text
 
 
-@dataclass
-class ChunkLabels:
-    seg: list[str] | None
-    pos: list[str] | None
-    ner: list[str] | None
+@dataclass(slots=True)
+class ChunkSpans:
+    """What a chunk's labels decode to, as (start, end, type) spans in the chunk's atoms: its
+    words, typed with their POS tags when POS was asked for, and its entities (None: the
+    task was not asked for)."""
+
+    words: list[Span] | None
+    entities: list[Span] | None
 
 
 def check_tasks(tasks: Iterable[str]) -> tuple[str, ...]:
@@ -136,6 +139,7 @@ class Tagger:
         self.pos_tags = [split_label(label)[1] for label in self.labels["pos"][:: len(PREFIXES)]]
         self._pos_type_ids = {tag: index for index, tag in enumerate(self.pos_tags)}
         self._ner_label_ids = {label: index for index, label in enumerate(self.labels["ner"])}
+        self._span_decoders = {task: SpanDecoder(self.labels[task]) for task in TASKS}
         vocab = metadata.vocab
         self.featuriser = Featuriser(
             Vocab.from_json(vocab.chars),
@@ -206,12 +210,12 @@ class Tagger:
         return PreparedText(text, atoms, chunks, force_in_chunks(matches, atoms, chunks) if matches else [])
 
     @torch.inference_mode()
-    def infer(self, chunks: Sequence[Chunk], tasks: Sequence[str] = TASKS) -> list[ChunkLabels]:
-        """Labels for each chunk, in order, from one forward pass over all of them."""
+    def infer(self, chunks: Sequence[Chunk], tasks: Sequence[str] = TASKS) -> list[ChunkSpans]:
+        """Spans for each chunk, in order, from one forward pass over all of them."""
         if not chunks:
             return []
         batch = self.featuriser.batch([chunk.model_text for chunk in chunks])
-        return self.chunk_labels(self.label_ids(batch, chunks, tasks), chunks)
+        return self.chunk_spans(self.label_ids(batch, chunks, tasks), chunks)
 
     @torch.inference_mode()
     def label_ids(self, batch: Batch, chunks: Sequence[Chunk], tasks: Sequence[str] = TASKS) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -226,17 +230,17 @@ class Tagger:
             return self.network(batch.chars, batch.bigrams, batch.lexicon, batch.lengths, want_seg, want_pos, want_ner)
         return self.network(batch.chars, batch.bigrams, batch.lexicon, batch.lengths, want_seg, want_pos, want_ner, batch.words, batch.word_weights)
 
-    def chunk_labels(self, ids: tuple[torch.Tensor, torch.Tensor, torch.Tensor], chunks: Sequence[Chunk]) -> list[ChunkLabels]:
-        """Each chunk's label strings from `label_ids`."""
-        heads = {}
-        for name, head_ids in zip(TASKS, ids):
-            if head_ids.numel() == 0:
-                heads[name] = [None] * len(chunks)
-                continue
-            names = self.labels[name]
-            rows = head_ids.cpu().tolist()
-            heads[name] = [[names[k] for k in row[: len(chunk)]] for row, chunk in zip(rows, chunks)]
-        return [ChunkLabels(s, p, n) for s, p, n in zip(heads["seg"], heads["pos"], heads["ner"])]
+    def chunk_spans(self, ids: tuple[torch.Tensor, torch.Tensor, torch.Tensor], chunks: Sequence[Chunk]) -> list[ChunkSpans]:
+        """Each chunk's spans from `label_ids`, decoded for the whole batch at once. The POS
+        labels mark the same words as the seg labels, with their tags."""
+        lengths = [len(chunk) for chunk in chunks]
+        seg, pos, ner = ids
+
+        def decoded(task: str, head_ids: torch.Tensor) -> list[list[Span]] | list[None]:
+            return [None] * len(chunks) if head_ids.numel() == 0 else self._span_decoders[task].decode(head_ids.cpu().numpy(), lengths)
+
+        words = decoded("pos", pos) if pos.numel() else decoded("seg", seg)
+        return [ChunkSpans(w, e) for w, e in zip(words, decoded("ner", ner))]
 
     def forced_labels(self, chunks: Sequence[Chunk], steps: int) -> torch.Tensor | None:
         """The network's `forced` input for the chunks' dictionary entries: (B, steps, 3) seg
@@ -257,8 +261,8 @@ class Tagger:
                     forced[row, start:end, 2] = [self._ner_label_ids[f"{prefix}-{entry.type}"] for prefix in prefixes]
         return torch.from_numpy(forced)
 
-    def assemble(self, prepared: PreparedText, labels: Sequence[ChunkLabels], tasks: Sequence[str] = TASKS, whole_names: bool = False, report_dictionary: bool = False) -> TagResult:
-        """The result for one text from the labels of its chunks (same order). `whole_names`: the
+    def assemble(self, prepared: PreparedText, spans_per_chunk: Sequence[ChunkSpans], tasks: Sequence[str] = TASKS, whole_names: bool = False, report_dictionary: bool = False) -> TagResult:
+        """The result for one text from the spans of its chunks (same order). `whole_names`: the
         tokens inside a person's name merged into one token tagged nr (needs seg and ner);
         `report_dictionary`: a TagResultWithDictionary listing the dictionary entries applied."""
         text, spans = prepared.text, prepared.atoms.spans
@@ -267,31 +271,42 @@ class Tagger:
             result.dictionary = [DictionaryHit(text[m.start : m.end], m.start, m.end, m.entry.pos, m.entry.type) for m in prepared.dictionary]
         with_tokens = "seg" in tasks or "pos" in tasks
         with_pos = "pos" in tasks
+        # Atom k is text[starts[k]:ends[k]]; the usual text has one atom per character.
+        one_per_character = len(spans) == len(text)
+        starts, ends = (None, None) if one_per_character else zip(*spans)
         # Words by atom index; whitespace atoms are words of their own.
         words: list[tuple[int, int, str | None]] = []
-        for chunk, chunk_labels in zip(prepared.chunks, labels):
-            if with_tokens and chunk_labels.seg is not None:
-                tags = chunk_labels.pos if with_pos and chunk_labels.pos is not None else chunk_labels.seg
+        for chunk, spans_of_chunk in zip(prepared.chunks, spans_per_chunk):
+            base = chunk.atom_start
+            chunk_words = spans_of_chunk.words
+            if with_tokens and chunk_words is not None:
                 # Dictionary entries with a tag outside the model's set: forced as words, the tag
                 # given as it is.
                 own_tags = {(start, end): entry.pos for start, end, entry in chunk.forced if entry.pos is not None and entry.pos not in self._pos_type_ids}
-                for start, end, pos in decode(tags):
-                    pos = own_tags.get((start, end), pos) if own_tags else pos
-                    words.append((chunk.atom_start + start, chunk.atom_start + end, pos))
-            if "ner" in tasks and chunk_labels.ner is not None:
-                for start, end, kind in decode(chunk_labels.ner):
-                    char_start, char_end = spans[chunk.atom_start + start][0], spans[chunk.atom_start + end - 1][1]
-                    result.entities.append(Entity(text[char_start:char_end], kind or "", char_start, char_end))
+                if own_tags:
+                    words += [(base + start, base + end, own_tags.get((start, end), pos)) for start, end, pos in chunk_words]
+                elif base:
+                    words += [(base + start, base + end, pos) for start, end, pos in chunk_words]
+                else:
+                    words += chunk_words
+            if "ner" in tasks and spans_of_chunk.entities is not None:
+                if one_per_character:
+                    found = [(base + start, base + end, kind) for start, end, kind in spans_of_chunk.entities]
+                else:
+                    found = [(starts[base + start], ends[base + end - 1], kind) for start, end, kind in spans_of_chunk.entities]
+                result.entities += [Entity(text[start:end], kind or "", start, end) for start, end, kind in found]
         if with_tokens:
             if SPACE in prepared.atoms.model_text:  # chunks are in order; only spaces need merging in
                 words += [(k, k + 1, WHITESPACE_POS) for k, c in enumerate(prepared.atoms.model_text) if c == SPACE]
                 words.sort()
-            tokens = result.tokens
-            for start, end, pos in words:
-                char_start, char_end = spans[start][0], spans[end - 1][1]
-                tokens.append(Token(text[char_start:char_end], char_start, char_end, pos if with_pos else None))
+            if not one_per_character:
+                words = [(starts[start], ends[end - 1], pos) for start, end, pos in words]
+            if with_pos:
+                result.tokens = [Token(text[start:end], start, end, pos) for start, end, pos in words]
+            else:
+                result.tokens = [Token(text[start:end], start, end) for start, end, _ in words]
             if whole_names and result.entities:
-                result.tokens = merge_names(tokens, result.entities, "nr" if with_pos else None)
+                result.tokens = merge_names(result.tokens, result.entities, "nr" if with_pos else None)
         return result
 
     # -- convenience -----------------------------------------------------------
@@ -315,13 +330,13 @@ class Tagger:
         prepared = [self.prepare(text, request_dict) for text in texts]
         flat = [(i, k) for i, p in enumerate(prepared) for k in range(len(p.chunks))]
         flat.sort(key=lambda ik: len(prepared[ik[0]].chunks[ik[1]]))
-        labels: dict[tuple[int, int], ChunkLabels] = {}
+        spans: dict[tuple[int, int], ChunkSpans] = {}
         for offset in range(0, len(flat), batch_size):
             keys = flat[offset : offset + batch_size]
             outputs = self.infer([prepared[i].chunks[k] for i, k in keys], tasks)
-            labels.update(zip(keys, outputs))
+            spans.update(zip(keys, outputs))
         return [
-            self.assemble(p, [labels[(i, k)] for k in range(len(p.chunks))], tasks, whole_names, report_dictionary)
+            self.assemble(p, [spans[(i, k)] for k in range(len(p.chunks))], tasks, whole_names, report_dictionary)
             for i, p in enumerate(prepared)
         ]
 

@@ -33,6 +33,9 @@ SPACE = " "  # a run of whitespace
 SENTENCE_END = set("。！？!?；;…")
 # Clause marks: used to split a sentence that is longer than the model's maximum.
 CLAUSE_END = set("，,、：:）)」』》")
+# A sentence: atoms up to and including a sentence-final mark, or up to whitespace or the end.
+_SENTENCE_END_CLASS = "".join(map(re.escape, sorted(SENTENCE_END)))
+_SENTENCE = re.compile(f"[^{SPACE}{_SENTENCE_END_CLASS}]*[{_SENTENCE_END_CLASS}]|[^{SPACE}{_SENTENCE_END_CLASS}]+")
 
 # Full-width ASCII (U+FF01..U+FF5E) and the ideographic space to half-width: 1:1 per character.
 _HALF_WIDTH = {code: code - 0xFEE0 for code in range(0xFF01, 0xFF5F)} | {0x3000: ord(" ")}
@@ -147,28 +150,15 @@ def chunk_ranges(atoms: Atoms, max_len: int) -> list[tuple[int, int]]:
     limit, and a sentence with none is cut at the limit. Every non-whitespace atom
     is in exactly one range.
     """
-    ranges: list[tuple[int, int]] = []
     text = atoms.model_text
-    start = 0
-    n = len(text)
-
-    def flush(end: int) -> None:
-        nonlocal start
+    ranges: list[tuple[int, int]] = []
+    for sentence in _SENTENCE.finditer(text):
+        start, end = sentence.span()
         while end - start > max_len:
             window = text[start : start + max_len]
-            cut = max((k for k, c in enumerate(window) if c in CLAUSE_END), default=-1)
+            cut = max(map(window.rfind, CLAUSE_END))  # -1: no clause mark, cut at the limit
             cut = start + cut + 1 if cut >= 0 else start + max_len
             ranges.append((start, cut))
             start = cut
-        if end > start:
-            ranges.append((start, end))
-        start = end
-
-    for i in range(n):
-        if text[i] == SPACE:
-            flush(i)
-            start = i + 1
-        elif text[i] in SENTENCE_END:
-            flush(i + 1)
-    flush(n)
+        ranges.append((start, end))
     return ranges

@@ -48,7 +48,7 @@ def test_stages_and_the_bare_framework_reference(tiny_bundle, tmp_path):
     command = [sys.executable, "-m", "bench.stages", "--model", str(tiny_bundle), "--limit", "50", "--rounds", "1", "--http", "--duration", "1", "--out", str(out)]
     subprocess.run(command, cwd=ROOT, check=True, capture_output=True)
     report = json.loads(out.read_text())
-    assert set(report["best_seconds"]) == {"prepare", "featurise", "network", "label_strings", "assemble"}
+    assert set(report["best_seconds"]) == {"prepare", "featurise", "network", "decode", "assemble"}
     assert report["all_but_network_chars_per_s"] > 0
     http = report["http"]
     assert set(http["rounds"]) == {"bare", "ner-serve"} and all(len(points) == 2 for points in http["rounds"].values())

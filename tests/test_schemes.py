@@ -2,12 +2,13 @@
 
 import itertools
 
+import numpy as np
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from model.crf import CRF
-from model.schemes import decode, encode, is_valid, make_labels
+from model.schemes import SpanDecoder, decode, encode, is_valid, make_labels
 
 TYPES = ["PER", "LOC", "ORG"]
 
@@ -51,6 +52,28 @@ def test_decode_of_any_sequence_gives_ordered_disjoint_spans(tags):
     # every tagged position is in a span; no "O" position is
     assert covered == {i for i, t in enumerate(tags) if t != "O"}
     assert [s[0] for s in spans] == sorted(s[0] for s in spans)
+
+
+LABEL_SETS = {"seg": make_labels(None, False), "pos": make_labels(["n", "v", "nr"], False), "ner": make_labels(TYPES, True)}
+
+
+@st.composite
+def label_batches(draw):
+    """A head's labels and a padded batch of id rows, valid or not, with their lengths."""
+    labels = LABEL_SETS[draw(st.sampled_from(sorted(LABEL_SETS)))]
+    rows = draw(st.lists(st.lists(st.integers(0, len(labels) - 1), max_size=20), min_size=1, max_size=6))
+    steps = max(len(row) for row in rows) + draw(st.integers(0, 3))
+    padding = draw(st.integers(0, len(labels) - 1))  # whatever the padding holds is ignored
+    ids = np.array([row + [padding] * (steps - len(row)) for row in rows], dtype=np.int64).reshape(len(rows), steps)
+    return labels, ids, [len(row) for row in rows]
+
+
+@settings(max_examples=500)
+@given(label_batches())
+def test_span_decoder_on_ids_gives_decodes_spans_for_every_row(case):
+    labels, ids, lengths = case
+    expected = [decode([labels[k] for k in row[:length]]) for row, length in zip(ids.tolist(), lengths)]
+    assert SpanDecoder(labels).decode(ids, lengths) == expected
 
 
 def brute_force(crf: CRF, emissions: torch.Tensor) -> list[int]:
