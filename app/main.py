@@ -6,6 +6,7 @@
 
 
 import asyncio
+import faulthandler
 import logging
 import os
 import signal
@@ -195,6 +196,12 @@ def serve(argv: list[str] | None = None) -> None:
         problems = "\n".join(f"  NER_{'_'.join(map(str, e['loc'])).upper()}={e.get('input')!r}: {e['msg']}" for e in error.errors())
         print(f"ner-serve: invalid settings, nothing started:\n{problems}\n(ner-serve --help lists them)", file=sys.stderr)
         raise SystemExit(2) from None
+    # A crash in native code (a segfault in an extension, an abort) would end a worker without a
+    # word in the log; faulthandler first writes every thread's Python stack to stderr. The
+    # variable turns it on in the workers uvicorn spawns, enable() in this process; an operator's
+    # own PYTHONFAULTHANDLER (empty: off) is kept.
+    if os.environ.setdefault("PYTHONFAULTHANDLER", "1"):
+        faulthandler.enable()
     metrics.prepare_multiprocess_dir(settings.workers)
     config = uvicorn.Config("app.main:create_app", factory=True, host=settings.host, port=settings.port, workers=settings.workers, log_level=settings.log_level, access_log=settings.access_log, http=GuardedHttpToolsProtocol)
     if settings.workers > 1:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -65,3 +66,26 @@ def test_no_line_per_request_unless_asked(tiny_bundle: Path, tmp_path: Path) -> 
         assert ("POST /tag HTTP/1.1" in output) is logged, env
         assert (f"tag {response.headers['x-request-id']}: 1 texts" in output) is logged, env
         assert "ready" in output  # the start-up lines stay
+
+
+def worker_pids(server_pid: int, workers: int) -> list[int]:
+    """The processes that serve: the server itself with one worker, else its spawned children."""
+    if workers == 1:
+        return [server_pid]
+    children = Path(f"/proc/{server_pid}/task/{server_pid}/children").read_text().split()
+    return [int(pid) for pid in children if "multiprocessing" in Path(f"/proc/{pid}/cmdline").read_text()]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_worker_killed_by_a_crash_leaves_its_python_stack_in_the_log(tiny_bundle: Path, tmp_path: Path, workers: int) -> None:
+    """A crash in native code (a segfault in an extension) ended a server with nothing in its
+    log; `ner-serve` turns on faulthandler, in its workers too, so the log says where it was."""
+    with run_server(tiny_bundle, tmp_path, workers=workers) as server:
+        [victim, *_] = worker_pids(server.process.pid, workers)
+        os.kill(victim, signal.SIGSEGV)
+        deadline = time.monotonic() + 20
+        while "Fatal Python error: Segmentation fault" not in server.output() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        output = server.output()
+    assert "Fatal Python error: Segmentation fault" in output, output[-3000:]
+    assert "most recent call first" in output  # the threads' Python stacks follow
