@@ -10,11 +10,12 @@ The metadata can be read without torch (`read_metadata`), e.g. by `GET /model`.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from model.network import NetworkConfig, TaggerNetwork
 from model.scripting import owned_by_torchscript
@@ -29,9 +30,20 @@ class BundleError(RuntimeError):
 
 
 class Vocabularies(BaseModel):
+    """Each table's items in row order. An item listed twice would leave which row a string
+    gets to a lookup's tie-breaking, which differs from CPU to CPU: refused."""
+
     chars: list[str]
     bigrams: list[str]
     words: list[str] | None = None  # only networks with SoftLexicon word vectors
+
+    @field_validator("chars", "bigrams", "words")
+    @classmethod
+    def each_item_once(cls, items: list[str] | None) -> list[str] | None:
+        if items is not None and len(set(items)) != len(items):
+            repeated = [item for item, count in Counter(items).items() if count > 1]
+            raise ValueError(f"{len(repeated)} items listed more than once (e.g. {repeated[:3]}); a bundle written before repeats were dropped, retrain it")
+        return items
 
 
 class Labels(BaseModel):

@@ -18,7 +18,9 @@ class Vocab:
 
     def __init__(self, items: Iterable[str]):
         self.items: list[str] = [PAD, UNK, BOS]
-        self.items += [item for item in items if item not in (PAD, UNK, BOS)]
+        # Each item once, where it first comes: a repeated item would have two rows, of which
+        # lookups would train and read one chosen by a sort's tie-breaking.
+        self.items += [item for item in dict.fromkeys(items) if item not in (PAD, UNK, BOS)]
         self.index = {item: i for i, item in enumerate(self.items)}
 
     @classmethod

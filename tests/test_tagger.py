@@ -15,6 +15,7 @@ from model.artifact import BundleError
 from model.lexicon import Lexicon
 from model.tagger import Tagger
 from model.user_dict import DictEntry
+from model.vocab import BOS, PAD, UNK, Vocab
 from tests.conftest import ROOT
 from tests.test_lexicon import dictionary_features
 from training.config import TrainConfig
@@ -137,6 +138,24 @@ def test_wrong_format_version_names_the_file(tiny_bundle, tmp_path):
     (copy / "metadata.json").write_text(json.dumps(metadata))
     with pytest.raises(BundleError, match=r"metadata\.json: bundle format version 99"):
         Tagger.load(copy)
+
+
+def test_a_vocabulary_that_lists_a_character_twice_is_refused_naming_the_file(tiny_bundle, tmp_path):
+    """Training added LAC's characters after the corpus's, repeats included: 5,173 characters
+    had two rows, and which one a lookup returned (and training updated) was a sort's
+    tie-breaking, which differs from CPU to CPU. Such a bundle is refused, not read one way here
+    and another way there."""
+    copy = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, copy)
+    metadata = json.loads((copy / "metadata.json").read_text())
+    metadata["vocab"]["chars"][-1] = metadata["vocab"]["chars"][5]
+    (copy / "metadata.json").write_text(json.dumps(metadata))
+    with pytest.raises(BundleError, match=r"metadata\.json: corrupt \(vocab\.chars: .*1 items listed more than once"):
+        Tagger.load(copy)
+
+
+def test_a_vocabulary_keeps_each_item_once_where_it_first_comes():
+    assert Vocab(["的", "a", "的", PAD, "b", "a"]).items == [PAD, UNK, BOS, "的", "a", "b"]
 
 
 def test_int8_precision_loads_and_tags(tiny_bundle, tagger):
