@@ -39,9 +39,10 @@ class Batch:
 
 class Featuriser:
     def __init__(self, chars: Vocab, bigram_vocab: Vocab, lexicon: Lexicon, words: Vocab | None = None):
-        # Only the character and bigram vocabularies' key tables are kept: a Vocab's dict of
-        # 150k bigrams is 23 MB of Python objects that nothing here looks up.
-        self._vocab_tables = (*chars.key_table, *bigram_vocab.key_table)
+        # Only the vocabularies' lookup tables are kept: a Vocab's dict of 150k bigrams is 23 MB
+        # of Python objects that nothing here looks up.
+        self._char_table = chars.code_point_table()
+        self._bigram_table = bigram_vocab.key_table
         self.lexicon = lexicon
         self.words = words
         self._tables: tuple[torch.Tensor, torch.jit.ScriptModule] | None = None
@@ -66,7 +67,7 @@ class Featuriser:
         rebuilt when the dictionary changes (words added at run time)."""
         dictionary = self.lexicon.tensors()
         if self._tables is None or self._tables[0] is not dictionary[0]:
-            tables = _Tables(*self._vocab_tables, *dictionary)
+            tables = _Tables(self._char_table, *self._bigram_table, *dictionary)
             self._tables = (dictionary[0], owned_by_torchscript(torch.jit.script(tables)))
         return self._tables[1]
 
@@ -82,13 +83,23 @@ class _Tables(torch.nn.Module):
     reference to them, and the event loop holds the GIL most of the time. Hence also the
     texts as lists of ints and the save/load round trip (owned_by_torchscript)."""
 
-    def __init__(self, char_keys: torch.Tensor, char_ids: torch.Tensor, bigram_keys: torch.Tensor, bigram_ids: torch.Tensor, keys: torch.Tensor, is_word: torch.Tensor, weight: torch.Tensor, kind: torch.Tensor):
+    def __init__(
+        self,
+        char_table: torch.Tensor,
+        bigram_keys: torch.Tensor,
+        bigram_ids: torch.Tensor,
+        keys: torch.Tensor,
+        single: torch.Tensor,
+        is_word: torch.Tensor,
+        weight: torch.Tensor,
+        kind: torch.Tensor,
+    ):
         super().__init__()
-        self.register_buffer("char_keys", char_keys)
-        self.register_buffer("char_ids", char_ids)
+        self.register_buffer("char_table", char_table)
         self.register_buffer("bigram_keys", bigram_keys)
         self.register_buffer("bigram_ids", bigram_ids)
         self.register_buffer("keys", keys)
+        self.register_buffer("single", single)
         self.register_buffer("is_word", is_word)
         self.register_buffer("weight", weight)
         self.register_buffer("kind", kind)
@@ -98,11 +109,11 @@ class _Tables(torch.nn.Module):
         return joined_inputs(
             torch.tensor(code_point_list, dtype=torch.int64),
             torch.tensor(lengths, dtype=torch.int64),
-            self.char_keys,
-            self.char_ids,
+            self.char_table,
             self.bigram_keys,
             self.bigram_ids,
             self.keys,
+            self.single,
             self.is_word,
             self.weight,
             self.kind,
@@ -121,11 +132,11 @@ class _Tables(torch.nn.Module):
 def joined_inputs(
     code_points: torch.Tensor,
     lengths: torch.Tensor,
-    char_keys: torch.Tensor,
-    char_ids: torch.Tensor,
+    char_table: torch.Tensor,
     bigram_keys: torch.Tensor,
     bigram_ids: torch.Tensor,
     keys: torch.Tensor,
+    single: torch.Tensor,
     is_word: torch.Tensor,
     weight: torch.Tensor,
     kind: torch.Tensor,
@@ -134,13 +145,13 @@ def joined_inputs(
     """For texts of `lengths` joined by one separator each (`code_points`): every character's
     id, bigram id and dictionary features, end to end without the separators, and
     `word_cells`' matches (positions in the joined string)."""
-    features, position, role, entry = word_cells(code_points, keys, is_word, weight, kind)
+    features, position, role, entry = word_cells(code_points, keys, single, is_word, weight, kind)
     text = torch.arange(lengths.numel()).repeat_interleave(lengths)
     index = torch.arange(text.numel()) + text  # in the joined string: one separator before each later text
     last = torch.zeros(text.numel(), dtype=torch.bool)
     last[(torch.cumsum(lengths, 0) - 1)[lengths > 0]] = True
     following = torch.where(last, end, code_points[(index + 1).clamp(max=code_points.numel() - 1)])
-    chars = lookup(char_keys, char_ids, string_keys(code_points[index], torch.full_like(index, -1)))
+    chars = char_table.index_select(0, code_points[index]).long()
     bigram = lookup(bigram_keys, bigram_ids, string_keys(code_points[index], following))
     return chars, bigram, features[index], position, role, entry
 

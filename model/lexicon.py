@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from model.user_dict import ENTITY_OF_POS, ENTITY_TYPES, DictEntry
-from model.vocab import Vocab, code_points
+from model.vocab import MAX_CODE_POINT, Vocab, by_code_point, code_points
 
 LENGTH_BUCKETS = 4  # 2, 3, 4, 5+
 ENTITY_TAGS = {pos: ENTITY_TYPES.index(kind) for pos, kind in ENTITY_OF_POS.items()}  # feature block by POS
@@ -79,11 +79,12 @@ class Lexicon:
             self.pos_tokenizer.makesure_userdict_loaded()
             self._signature = ()  # removals change neither the size nor the total: rebuild anyway
 
-    def tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The current dictionary as `word_cells` takes it: sorted key hashes, whether each key
-        is a word, its weight and its entity kind."""
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The current dictionary as `word_cells` takes it: sorted key hashes, the index of
+        each one-character key by code point, whether each key is a word, its weight and its
+        entity kind."""
         table = self._current_table()
-        return table.keys, table.is_word, table.weight, table.kind
+        return table.keys, table.single, table.is_word, table.weight, table.kind
 
     def word_matches(self, position: torch.Tensor, role: torch.Tensor, entry: torch.Tensor, word_vocab: Vocab, model_texts: list[str]) -> list[WordMatches]:
         """`word_cells`' matches in the texts joined by SEPARATOR as each text's SoftLexicon sets."""
@@ -98,7 +99,7 @@ class Lexicon:
         table = self._current_table()
         counts: Counter = Counter()
         for offset in range(0, len(model_texts), 1000):
-            _, _, entry = match_words(code_points(SEPARATOR.join(model_texts[offset : offset + 1000])), table.keys, table.is_word)
+            _, _, entry = match_words(code_points(SEPARATOR.join(model_texts[offset : offset + 1000])), table.keys, table.single, table.is_word)
             for index, count in zip(*np.unique(entry.numpy(), return_counts=True)):
                 counts[table.words[index]] += int(count)
         return counts
@@ -178,6 +179,9 @@ class _Table:
         order = np.argsort(hashes)
         counts = np.array([freq[word] for word in words], dtype=np.float64)[order]
         self.keys = torch.from_numpy(hashes[order])
+        # A one-character key's hash is its code point: -1 where a character is no key.
+        single = torch.nonzero((self.keys >= 0) & (self.keys <= MAX_CODE_POINT)).squeeze(1)
+        self.single = by_code_point(self.keys[single], single, -1)
         self.is_word = torch.from_numpy(counts > 0)
         self.weight = torch.from_numpy(np.minimum(np.log1p(counts) / log_max, 1.0).astype(np.float32))
         self.kind = torch.from_numpy(np.array([ENTITY_TAGS.get(tags.get(word), -1) for word in words], dtype=np.int64)[order])
@@ -197,31 +201,33 @@ class _Table:
 
 
 @torch.jit.script
-def match_words(code_points: torch.Tensor, keys: torch.Tensor, is_word: torch.Tensor, multiplier: int = _MULTIPLIER) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def match_words(code_points: torch.Tensor, keys: torch.Tensor, single: torch.Tensor, is_word: torch.Tensor, multiplier: int = _MULTIPLIER) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(start, length, table index) of every dictionary word occurring in the string of
     `code_points`: substrings are hashed one length at a time, only where the shorter
-    prefix is a key."""
+    prefix is a key. One-character keys are found in `single` (by code point)."""
     # index_select with the indices of a mask: x[mask] would find them again for each tensor.
     n = code_points.numel()
-    position = torch.arange(n)
-    hashes = torch.zeros(n, dtype=torch.int64)
     last = keys.numel() - 1
     starts: list[torch.Tensor] = [torch.zeros(0, dtype=torch.int64)]
     lengths: list[torch.Tensor] = [torch.zeros(0, dtype=torch.int64)]
     entries: list[torch.Tensor] = [torch.zeros(0, dtype=torch.int64)]
+    index = single.index_select(0, code_points).long()
+    position = torch.nonzero(index >= 0).squeeze(1)  # one-character keys: a word or a prefix of one
+    hashes, index = code_points.index_select(0, position), index.index_select(0, position)  # a character's hash is its code point
     length = 1
     while position.numel() > 0:
-        hashes = hashes * multiplier + code_points.index_select(0, position + (length - 1))  # wraps modulo 2**64
-        index = torch.searchsorted(keys, hashes).clamp_(max=last)
-        found = torch.nonzero(keys.index_select(0, index) == hashes).squeeze(1)  # a key: a word or a prefix of one
-        position, hashes, index = position.index_select(0, found), hashes.index_select(0, found), index.index_select(0, found)
         word = torch.nonzero(is_word.index_select(0, index)).squeeze(1)
         starts.append(position.index_select(0, word))
         lengths.append(torch.full([word.numel()], length, dtype=torch.int64))
         entries.append(index.index_select(0, word))
+        # one character longer, where the text goes on
         length += 1
         longer = torch.nonzero(position + length <= n).squeeze(1)
         position, hashes = position.index_select(0, longer), hashes.index_select(0, longer)
+        hashes = hashes * multiplier + code_points.index_select(0, position + (length - 1))  # wraps modulo 2**64
+        index = torch.searchsorted(keys, hashes).clamp_(max=last)
+        found = torch.nonzero(keys.index_select(0, index) == hashes).squeeze(1)  # a key: a word or a prefix of one
+        position, hashes, index = position.index_select(0, found), hashes.index_select(0, found), index.index_select(0, found)
     return torch.cat(starts), torch.cat(lengths), torch.cat(entries)
 
 
@@ -229,6 +235,7 @@ def match_words(code_points: torch.Tensor, keys: torch.Tensor, is_word: torch.Te
 def word_cells(
     code_points: torch.Tensor,
     keys: torch.Tensor,
+    single: torch.Tensor,
     is_word: torch.Tensor,
     weight: torch.Tensor,
     kind: torch.Tensor,
@@ -239,7 +246,7 @@ def word_cells(
     """The (len, N_FEATURES) features of the string of `code_points`, and each dictionary
     word's (position, role, table index) at every character it covers: role 0 B at its
     first, 1 M inside, 2 E at its last, 3 S for a one-character word."""
-    start, length, entry = match_words(code_points, keys, is_word)
+    start, length, entry = match_words(code_points, keys, single, is_word)
     multi = torch.nonzero(length > 1).squeeze(1)
     singles = torch.nonzero(length == 1).squeeze(1)
     multi_start, multi_length = start.index_select(0, multi), length.index_select(0, multi)

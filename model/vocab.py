@@ -49,6 +49,11 @@ class Vocab:
         keys, order = torch.sort(string_keys(first, second))
         return keys, torch.tensor([i for i, _ in short], dtype=torch.int64)[order]
 
+    def code_point_table(self) -> torch.Tensor:
+        """The ids of the one-character items by code point, 1 (<unk>) for other characters."""
+        single = [(ord(item), i) for i, item in enumerate(self.items) if i > 2 and len(item) == 1]
+        return by_code_point(torch.tensor([c for c, _ in single], dtype=torch.int64), torch.tensor([i for _, i in single], dtype=torch.int64), 1)
+
     def to_json(self) -> list[str]:
         return self.items
 
@@ -66,6 +71,18 @@ def code_points(text: str) -> torch.Tensor:
     """The code points of `text` as int64."""
     # surrogatepass: a lone surrogate in user text is just another code point here
     return torch.from_numpy(np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32).astype(np.int64))
+
+
+MAX_CODE_POINT = 0x10FFFF
+
+
+def by_code_point(code_points: torch.Tensor, values: torch.Tensor, missing: int) -> torch.Tensor:
+    """A table indexed by code point (4.5 MB as int32): `values` at `code_points`, `missing`
+    elsewhere. One indexing operation then replaces a binary search for strings of one
+    character, the most frequent lookup of a batch."""
+    table = torch.full((MAX_CODE_POINT + 1,), missing, dtype=torch.int32)
+    table[code_points] = values.to(torch.int32)
+    return table
 
 
 @torch.jit.script

@@ -11,7 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from model.artifact import BundleError
+from model.artifact import BundleError, read_metadata
 from model.lexicon import Lexicon
 from model.tagger import Tagger
 from model.user_dict import DictEntry
@@ -156,6 +156,16 @@ def test_a_vocabulary_that_lists_a_character_twice_is_refused_naming_the_file(ti
 
 def test_a_vocabulary_keeps_each_item_once_where_it_first_comes():
     assert Vocab(["的", "a", "的", PAD, "b", "a"]).items == [PAD, UNK, BOS, "的", "a", "b"]
+
+
+def test_every_character_gets_its_vocabulary_id(tiny_bundle, tagger):
+    """The featuriser's table by code point agrees with the vocabulary for every character it
+    knows, and gives <unk> (1) to the others."""
+    chars = Vocab.from_json(read_metadata(tiny_bundle).vocab.chars)
+    known = [item for item in chars.items[3:] if len(item) == 1]
+    batch = tagger.featuriser.batch(known + ["\U0001F600\u9fff\uffff"])
+    assert batch.chars[: len(known), 0].tolist() == [chars.id(item) for item in known]
+    assert batch.chars[len(known), :3].tolist() == [chars.id(c) for c in "\U0001F600\u9fff\uffff"]
 
 
 def test_int8_precision_loads_and_tags(tiny_bundle, tagger):
