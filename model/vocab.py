@@ -41,8 +41,8 @@ class Vocab:
     @cached_property
     def key_table(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The `string_keys` of the items of one or two characters, sorted, and their ids:
-        `lookup` finds a batch's characters or bigrams in one call instead of one dictionary
-        lookup each."""
+        `lookup` finds a batch's bigrams in one call instead of one dictionary lookup each
+        (characters go through `code_point_table`)."""
         short = [(i, item) for i, item in enumerate(self.items) if i > 2 and len(item) <= 2]
         first = torch.tensor([ord(item[0]) for _, item in short], dtype=torch.int64)
         second = torch.tensor([ord(item[1]) if len(item) == 2 else -1 for _, item in short], dtype=torch.int64)

@@ -6,6 +6,7 @@ import os
 import struct
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,6 +19,7 @@ from bench.processes import free_port, running
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_BUNDLE = ROOT / "model" / "artifacts" / "default"
+READY_LINE = "warm-up batch done; ready"  # each worker logs it (app/main.py)
 
 torch.set_num_threads(1)  # tests share 2 cores with servers they start
 
@@ -81,7 +83,16 @@ def run_server(bundle: Path, tmp_path: Path, env: dict[str, str] | None = None, 
     environment = {**os.environ, "NER_MODEL_PATH": str(bundle), "NER_TORCH_THREADS": "1", "NER_HOST": "127.0.0.1", "NER_PORT": str(port), "NER_WORKERS": str(workers), **(env or {})}
     command = [sys.executable, "-c", "from app.main import serve; serve()"]
     with running(command, f"http://127.0.0.1:{port}/readyz", log, environment, ROOT, ready_timeout) as process:
-        yield Server(process, port, log)
+        server = Server(process, port, log)
+        # /readyz answered by one worker says nothing of the others, which accept connections
+        # while they warm up and answer /tag 503 until then; each logs when it is ready.
+        deadline = time.monotonic() + ready_timeout
+        expected = int(environment["NER_WORKERS"])
+        while server.output().count(READY_LINE) < expected:
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise RuntimeError(f"{expected} workers not all ready after {ready_timeout} s:\n{server.output()}")
+            time.sleep(0.1)
+        yield server
 
 
 LAC_TOKENS = [" ", "中", "国", "万", "北京", "OOV"]
