@@ -37,7 +37,7 @@ State = Annotated[ServiceState, Depends(service_state)]
 
 async def ready_tagger(state: State) -> Tagger:
     if not state.ready or state.tagger is None:
-        raise HTTPException(503, "not ready: the model is still loading", headers={"Retry-After": RETRY_AFTER_SECONDS})
+        raise HTTPException(503, "not ready: the model is not loaded, or the service is shutting down", headers={"Retry-After": RETRY_AFTER_SECONDS})
     return state.tagger
 
 

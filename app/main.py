@@ -88,9 +88,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log.info("model %s %s loaded from %s on %s", tagger.name, tagger.version, settings.model_path, tagger.device)
         if tagger.precision == "fp16" and tagger.device.type == "cpu":
             log.warning("NER_PRECISION=fp16 on the CPU: half precision is meant for CUDA and runs slower here than int8 (the default) or fp32")
-        warmup = asyncio.get_running_loop().create_task(_warm_up(state))
+        # Before the yield: uvicorn accepts connections only after the lifespan's start-up, so a
+        # request never meets a cold worker (it answered /tag 503 while warming up, even after
+        # another worker had said ready to the readiness probe; with several workers, requests
+        # sent meanwhile wait in the shared socket's backlog for a warm one).
+        await _warm_up(state)
         yield
-        warmup.cancel()
         state.ready = False
         await state.batcher.close()
         log.info("batcher drained; shutting down")
@@ -164,7 +167,7 @@ async def reload_user_dict(state: ServiceState) -> None:
 
 
 async def _warm_up(state: ServiceState) -> None:
-    """One batch through the whole path before /readyz says ready."""
+    """One batch through the whole path before the worker takes requests."""
     assert state.tagger is not None and state.batcher is not None
     prepared = state.tagger.prepare(EXAMPLE_TEXT)
     await state.batcher.submit(prepared.chunks, TASKS)

@@ -114,7 +114,7 @@ async def healthz() -> dict:
 @router.get("/readyz", summary="Readiness: model loaded and warmed up", responses={503: {"model": ErrorOut}})
 async def readyz(state: State) -> JSONResponse:
     if not state.ready:
-        return error(503, "not ready: the model is loading or warming up", headers={"Retry-After": RETRY_AFTER_SECONDS})
+        return error(503, "not ready: the model is not loaded, or the service is shutting down", headers={"Retry-After": RETRY_AFTER_SECONDS})
     return JSONResponse({"status": "ready"})
 
 

@@ -80,12 +80,14 @@ def run_server(bundle: Path, tmp_path: Path, env: dict[str, str] | None = None, 
     NER_* settings from `env`; stopped at the end."""
     port = free_port()
     log = tmp_path / f"server-{port}.log"
-    environment = {**os.environ, "NER_MODEL_PATH": str(bundle), "NER_TORCH_THREADS": "1", "NER_HOST": "127.0.0.1", "NER_PORT": str(port), "NER_WORKERS": str(workers), **(env or {})}
+    # PROMETHEUS_MULTIPROC_DIR only if the test names one: otherwise ner-serve makes its own.
+    inherited = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    environment = {**inherited, "NER_MODEL_PATH": str(bundle), "NER_TORCH_THREADS": "1", "NER_HOST": "127.0.0.1", "NER_PORT": str(port), "NER_WORKERS": str(workers), **(env or {})}
     command = [sys.executable, "-c", "from app.main import serve; serve()"]
     with running(command, f"http://127.0.0.1:{port}/readyz", log, environment, ROOT, ready_timeout) as process:
         server = Server(process, port, log)
-        # /readyz answered by one worker says nothing of the others, which accept connections
-        # while they warm up and answer /tag 503 until then; each logs when it is ready.
+        # /readyz answered by one worker says nothing of the others, still loading (requests
+        # wait for a warm worker meanwhile): a test that needs every worker waits for each one's line.
         deadline = time.monotonic() + ready_timeout
         expected = int(environment["NER_WORKERS"])
         while server.output().count(READY_LINE) < expected:

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -18,8 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app import metrics
 from app.settings import FAULT_MARKER
-from bench.processes import running
-from tests.conftest import ROOT, Server, free_port, run_server
+from tests.conftest import Server, run_server
 
 TEXTS = ["江泽民在北京大学发表讲话。", "张三去了上海。", "中国人民银行和国务院在北京召开会议，李鹏总理出席。"]
 MAX_TEXTS = 4  # NER_MAX_TEXTS of the servers below, so that `send_traffic` gets one 413
@@ -125,18 +122,6 @@ def test_one_worker_exports_the_contract(tiny_bundle: Path, tmp_path: Path) -> N
     assert "# TYPE ner_entities_total counter" in text  # declared even before the first entity
 
 
-@contextmanager
-def run_ner_serve(bundle: Path, tmp_path: Path, env: dict[str, str]) -> Iterator[Server]:
-    """`ner-serve` (the console script the Docker image runs) on a free port, until /readyz answers; stopped at the end."""
-    port = free_port()
-    log = tmp_path / "ner-serve.log"
-    environment = {**os.environ, "NER_MODEL_PATH": str(bundle), "NER_TORCH_THREADS": "1", "NER_HOST": "127.0.0.1", "NER_PORT": str(port), **env}
-    environment.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    command = [sys.executable, "-c", "from app.main import serve; serve()"]
-    with running(command, f"http://127.0.0.1:{port}/readyz", log, environment, ROOT) as process:
-        yield Server(process, port, log)
-
-
 def requests_by_pid(directory: Path, endpoint: str) -> dict[int, float]:
     """ner_requests_total{endpoint} as each worker wrote it into its own file of the multiprocess directory."""
     counts = {}
@@ -166,10 +151,8 @@ def test_two_workers_add_up_and_a_dead_worker_leaves_no_live_gauges(tiny_bundle:
     temp = tmp_path / "tmp"
     temp.mkdir()
     # No PROMETHEUS_MULTIPROC_DIR: ner-serve makes one in the temp dir for its 2 workers.
-    with run_ner_serve(tiny_bundle, tmp_path, {**TRAFFIC_ENV, "NER_WORKERS": "2", "TMPDIR": str(temp)}) as server:
+    with run_server(tiny_bundle, tmp_path, {**TRAFFIC_ENV, "TMPDIR": str(temp)}, workers=2) as server:
         [directory] = temp.glob("ner-metrics-*")
-        # /readyz answered for one worker; both have to finish their warm-up batch.
-        wait_for(server, lambda samples: value(samples, "ner_batch_size_sentences_count") >= 2, "both workers warm")
         expected = send_traffic(server)
         # Fresh connections until both workers have answered some (the kernel picks the worker).
         health = 0

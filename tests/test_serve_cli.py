@@ -89,3 +89,34 @@ def test_a_worker_killed_by_a_crash_leaves_its_python_stack_in_the_log(tiny_bund
         output = server.output()
     assert "Fatal Python error: Segmentation fault" in output, output[-3000:]
     assert "most recent call first" in output  # the threads' Python stacks follow
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_client_that_connects_during_start_up_gets_its_answer_not_503(shipped_bundle: Path, tmp_path: Path, workers: int) -> None:
+    """A worker accepted connections before its warm-up batch and answered /tag 503 meanwhile;
+    with several workers /readyz, answered by a warm one, said ready while another still
+    answered 503 (the compose check in CI failed on it). A client sending from the first
+    moment, each request on a new connection, must get only 200s."""
+    from bench.processes import free_port, stop
+    from tests.conftest import READY_LINE
+
+    port = free_port()
+    log = tmp_path / "server.log"
+    environment = {**os.environ, "NER_MODEL_PATH": str(shipped_bundle), "NER_TORCH_THREADS": "1", "NER_PORT": str(port), "NER_WORKERS": str(workers)}
+    with open(log, "wb") as handle:
+        process = subprocess.Popen([NER_SERVE], cwd=ROOT, env=environment, stdout=handle, stderr=subprocess.STDOUT)
+    statuses: list[int] = []
+    try:
+        deadline = time.monotonic() + 90
+        # Until every worker is warm, and ten requests more.
+        while log.read_text(errors="replace").count(READY_LINE) < workers or len(statuses) < 10 + statuses.count(503):
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")
+            try:
+                response = httpx.post(f"http://127.0.0.1:{port}/tag", json={"text": "张三去了上海。"}, timeout=60)
+            except httpx.ConnectError:  # not listening yet
+                time.sleep(0.01)
+                continue
+            statuses.append(response.status_code)
+    finally:
+        stop(process)
+    assert statuses and set(statuses) == {200}, f"{statuses.count(503)} of {len(statuses)} answered 503: {statuses}"
