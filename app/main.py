@@ -84,7 +84,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state.batcher = Batcher(tagger, settings)
         state.batcher.start()
         metrics.MODEL_INFO.labels(tagger.name, tagger.version, describe_device(tagger)).set(1)
-        metrics.QUEUE_CAPACITY.set(settings.queue_capacity)
         log.info("model %s %s loaded from %s on %s", tagger.name, tagger.version, settings.model_path, tagger.device)
         if tagger.precision == "fp16" and tagger.device.type == "cpu":
             log.warning("NER_PRECISION=fp16 on the CPU: half precision is meant for CUDA and runs slower here than int8 (the default) or fp32")
@@ -93,6 +92,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # another worker had said ready to the readiness probe; with several workers, requests
         # sent meanwhile wait in the shared socket's backlog for a warm one).
         await _warm_up(state)
+        metrics.QUEUE_CAPACITY.set(settings.queue_capacity)  # summed over workers: those taking requests
         yield
         state.ready = False
         await state.batcher.close()

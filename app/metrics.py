@@ -62,7 +62,7 @@ QUEUE_WAIT = Histogram("ner_queue_wait_seconds", "Time a sentence waited in the 
 INFERENCE_TIME = Histogram("ner_inference_seconds", "Model time per batch (features, forward pass, decoding).", buckets=LATENCY_BUCKETS)
 BATCH_SIZE = Histogram("ner_batch_size_sentences", "Sentences (chunks) per batch.", buckets=BATCH_BUCKETS)
 QUEUE_DEPTH = Gauge("ner_queue_depth", "Sentences waiting in the batching queues (all workers).", multiprocess_mode="livesum")
-QUEUE_CAPACITY = Gauge("ner_queue_capacity", "Sentences the batching queues may hold (NER_QUEUE_CAPACITY times live workers).", multiprocess_mode="livesum")
+QUEUE_CAPACITY = Gauge("ner_queue_capacity", "Sentences the batching queues may hold (NER_QUEUE_CAPACITY times the live workers past their warm-up).", multiprocess_mode="livesum")
 CHARACTERS = Counter("ner_characters", "Characters tagged.")
 ENTITIES = Counter("ner_entities", "Entities returned, by type.", ["type"])
 MODEL_INFO = Gauge("ner_model_info", "The loaded model (value 1).", ["name", "version", "device"], multiprocess_mode="max")

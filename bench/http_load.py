@@ -73,12 +73,12 @@ def server(model: str, env: dict[str, str], log: Path, workers: int = 1) -> Iter
     command = [sys.executable, "-c", "from app.main import serve; serve()"]
     url = f"http://127.0.0.1:{port}"
     with running(command, f"{url}/readyz", log, environment) as process:
-        # /readyz answered by one worker; the queue capacity gauge adds up the workers that have loaded the model.
+        # /readyz answered by one worker; the queue capacity gauge adds up the workers that are warm.
         per_worker = int(environment.get("NER_QUEUE_CAPACITY", Settings.model_fields["queue_capacity"].default))
         deadline = time.monotonic() + READY_TIMEOUT_S
         while queue_capacity(url) < per_worker * workers:
             if time.monotonic() > deadline:
-                raise RuntimeError(f"not all {workers} workers loaded the model within {READY_TIMEOUT_S} s:\n{log.read_text(errors='replace')}")
+                raise RuntimeError(f"not all {workers} workers warm within {READY_TIMEOUT_S} s:\n{log.read_text(errors='replace')}")
             time.sleep(0.5)
         yield process, url
 
