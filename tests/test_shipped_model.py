@@ -11,7 +11,7 @@ from model.tagger import Tagger
 from tests.conftest import run_server
 from training.corpora import load_corpus
 from training.evaluate import sample, score
-from training.model_card import SAMPLE_CORPORA, SAMPLE_SIZE
+from training.model_card import SAMPLE_CORPORA, SAMPLE_SIZE, render_card
 
 # Not in jieba's dictionary nor in the training data, and split by the shipped model without a
 # user dictionary (氪晶猫爪藤, used before, is read as one word since LAC's rarer characters joined
@@ -28,6 +28,13 @@ def tagger(shipped_bundle):
 def fp16_tagger(shipped_bundle):
     """The GPU option, run on the CPU: the same half-precision arithmetic, only slower."""
     return Tagger.load(shipped_bundle, "cpu", precision="fp16")
+
+
+def test_the_model_card_says_what_the_bundle_and_the_recipes_page_hold(shipped_bundle):
+    """MODEL_CARD.md is written from metadata.json and docs/ner-recipes.md; it had fallen behind
+    the recipes page once (`python -m training.model_card --recorded` writes it again)."""
+    card = (shipped_bundle / "MODEL_CARD.md").read_text(encoding="utf-8")
+    assert card == render_card(read_metadata(shipped_bundle)), "MODEL_CARD.md is stale: python -m training.model_card --recorded"
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
