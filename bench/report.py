@@ -189,6 +189,14 @@ def stages_table(data: dict) -> list[str]:
             f"endpoint returning a fixed answer of the same size ({http['answer_bytes']} bytes) {best['bare']:,.0f}: **{http['ner_serve_over_bare']:.2f}x** (best of two interleaved rounds each).",
             "",
         ]
+        top = max(http["rounds"]["ner-serve"], key=lambda point: point["requests_per_second"])
+        if "cpu_seconds" in top:  # results written before bench.stages measured it have none
+            cpu = top["cpu_seconds"]
+            lines += [
+                f"In that `ner-serve` round ({top['seconds']:.1f} s on {data['cores']} cores): the worker's event loop used {cpu['event loop']:.1f} CPU seconds, its other threads "
+                f"(inference) {cpu['other threads']:.1f}, the load generator {cpu['load generator']:.1f}; batches held {top['mean_batch_sentences']:.1f} sentences on average.",
+                "",
+            ]
     return lines
 
 

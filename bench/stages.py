@@ -19,15 +19,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
-from bench.http_load import load, server
-from bench.processes import free_port, running
+from bench.http_load import gauge, load, server
+from bench.processes import free_port, running, thread_cpu_seconds
 from bench.throughput import cpu_name
 from model.tagger import TASKS, Tagger
 from training.corpora import load_corpus
@@ -64,6 +67,31 @@ def time_stages(tagger: Tagger, texts: list[str], batch_size: int) -> dict[str, 
     return seconds
 
 
+BATCH_TOTALS = ("ner_batch_size_sentences_sum", "ner_batch_size_sentences_count", "ner_inference_seconds_sum")
+
+
+@contextmanager
+def where_the_cpu_goes(pid: int, url: str) -> Iterator[dict]:
+    """While the block runs a load point against a one-worker server: CPU seconds of the
+    worker's event loop (its main thread), of its other threads (the inference thread, mostly)
+    and of the load generator (the children reaped meanwhile: wrk), and the batches formed."""
+    threads, children = thread_cpu_seconds(pid), resource.getrusage(resource.RUSAGE_CHILDREN)
+    totals = [gauge(url, name) for name in BATCH_TOTALS]
+    split: dict = {}
+    yield split
+    after = thread_cpu_seconds(pid)
+    used = {tid: seconds - threads.get(tid, 0.0) for tid, seconds in after.items()}
+    reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
+    sentences, batches, inference = (gauge(url, name) - before for name, before in zip(BATCH_TOTALS, totals))
+    split["cpu_seconds"] = {
+        "event loop": used.pop(pid, 0.0),
+        "other threads": sum(used.values()),
+        "load generator": reaped.ru_utime + reaped.ru_stime - children.ru_utime - children.ru_stime,
+    }
+    split["mean_batch_sentences"] = sentences / batches if batches else 0.0
+    split["inference_seconds"] = inference
+
+
 def http_ratio(model: str, duration: float, workdir: Path, limit: int = 0) -> dict:
     """Requests/s of ner-serve and of the bare endpoint, wrk c=64, one sentence per request."""
     sentences = [example.text for example in load_corpus("msra-test")][: limit or None]
@@ -85,12 +113,17 @@ def http_ratio(model: str, duration: float, workdir: Path, limit: int = 0) -> di
                 load(f"http://127.0.0.1:{port}", bodies, 4, 2.0, 1, characters)  # warm-up
                 point = load(f"http://127.0.0.1:{port}", bodies, 64, duration, 1, characters)
         else:
-            with server(model, {"NER_PRECISION": "int8"}, workdir / "server.log") as (_, url):
+            with server(model, {"NER_PRECISION": "int8"}, workdir / "server.log") as (process, url):
                 load(url, bodies, 4, 2.0, 1, characters)
-                point = load(url, bodies, 64, duration, 1, characters)
+                with where_the_cpu_goes(process.pid, url) as split:
+                    point = load(url, bodies, 64, duration, 1, characters)
+                point.update(split)
         point["requests_per_second"] = point["sentences_per_second"]
         results.setdefault(name.split()[0], []).append(point)
         print(f"{name:12s} c=64: {point['requests_per_second']:8.0f} requests/s, p50 {point['p50_ms']:.1f} ms, errors {point['errors']}", file=sys.stderr)
+        if "cpu_seconds" in point:
+            cpu = ", ".join(f"{part} {seconds:.1f}" for part, seconds in point["cpu_seconds"].items())
+            print(f"{'':12s} CPU seconds in {point['seconds']:.1f} s: {cpu}; batches of {point['mean_batch_sentences']:.1f} sentences", file=sys.stderr)
     best = {name: max(p["requests_per_second"] for p in points) for name, points in results.items()}
     return {"answer_bytes": len(answer.encode()), "rounds": results, "best_requests_per_second": best, "ner_serve_over_bare": best["ner-serve"] / best["bare"]}
 
@@ -120,6 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{'all but network':14s} {outside:7.3f} s  ({characters / outside:12,.0f} chars/s)")
     result = {
         "cpu": cpu_name(),
+        "cores": os.cpu_count(),
         "precision": args.precision,
         "batch_size": args.batch_size,
         "texts": len(texts),

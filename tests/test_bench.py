@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from bench.report import stages_table
 from tests.conftest import ROOT
 
 
@@ -54,6 +55,12 @@ def test_stages_and_the_bare_framework_reference(tiny_bundle, tmp_path):
     assert set(http["rounds"]) == {"bare", "ner-serve"} and all(len(points) == 2 for points in http["rounds"].values())
     assert all(point["requests"] > 0 and not point["errors"] for points in http["rounds"].values() for point in points)
     assert http["ner_serve_over_bare"] > 0 and http["answer_bytes"] > 100
+    # where one worker's CPU went: its event loop, its inference thread, and wrk
+    for point in http["rounds"]["ner-serve"]:
+        assert set(point["cpu_seconds"]) == {"event loop", "other threads", "load generator"}
+        assert all(seconds > 0 for seconds in point["cpu_seconds"].values()), point["cpu_seconds"]
+        assert point["mean_batch_sentences"] >= 1 and point["inference_seconds"] > 0
+    assert "the worker's event loop used" in "\n".join(stages_table(report))
 
 
 def test_gpu_script_and_report_on_the_cpu(tiny_bundle, tmp_path):
