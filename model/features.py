@@ -83,26 +83,12 @@ class _Tables(torch.nn.Module):
     reference to them, and the event loop holds the GIL most of the time. Hence also the
     texts as lists of ints and the save/load round trip (owned_by_torchscript)."""
 
-    def __init__(
-        self,
-        char_table: torch.Tensor,
-        bigram_keys: torch.Tensor,
-        bigram_ids: torch.Tensor,
-        keys: torch.Tensor,
-        single: torch.Tensor,
-        is_word: torch.Tensor,
-        weight: torch.Tensor,
-        kind: torch.Tensor,
-    ):
+    NAMES = ("char_table", "bigram_keys", "bigram_ids", "keys", "single", "is_word", "weight", "kind")  # joined_inputs' order
+
+    def __init__(self, *tables: torch.Tensor):
         super().__init__()
-        self.register_buffer("char_table", char_table)
-        self.register_buffer("bigram_keys", bigram_keys)
-        self.register_buffer("bigram_ids", bigram_ids)
-        self.register_buffer("keys", keys)
-        self.register_buffer("single", single)
-        self.register_buffer("is_word", is_word)
-        self.register_buffer("weight", weight)
-        self.register_buffer("kind", kind)
+        for name, table in zip(self.NAMES, tables, strict=True):
+            self.register_buffer(name, table)
 
     def forward(self, code_point_list: list[int], lengths: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """`joined_inputs` of the texts of `lengths` joined by SEPARATOR (`code_point_list`)."""
