@@ -12,7 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import ROOT, run_server
+from bench.http_load import worker_pids
+from bench.processes import free_port, stop
+from tests.conftest import READY_LINE, ROOT, run_server
 
 NER_SERVE = str(Path(sys.executable).parent / "ner-serve")
 
@@ -68,20 +70,12 @@ def test_no_line_per_request_unless_asked(tiny_bundle: Path, tmp_path: Path) -> 
         assert "ready" in output  # the start-up lines stay
 
 
-def worker_pids(server_pid: int, workers: int) -> list[int]:
-    """The processes that serve: the server itself with one worker, else its spawned children."""
-    if workers == 1:
-        return [server_pid]
-    children = Path(f"/proc/{server_pid}/task/{server_pid}/children").read_text().split()
-    return [int(pid) for pid in children if "multiprocessing" in Path(f"/proc/{pid}/cmdline").read_text()]
-
-
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_worker_killed_by_a_crash_leaves_its_python_stack_in_the_log(tiny_bundle: Path, tmp_path: Path, workers: int) -> None:
     """A crash in native code (a segfault in an extension) ended a server with nothing in its
     log; `ner-serve` turns on faulthandler, in its workers too, so the log says where it was."""
     with run_server(tiny_bundle, tmp_path, workers=workers) as server:
-        [victim, *_] = worker_pids(server.process.pid, workers)
+        [victim, *_] = worker_pids(server.process)
         os.kill(victim, signal.SIGSEGV)
         deadline = time.monotonic() + 20
         while "Fatal Python error: Segmentation fault" not in server.output() and time.monotonic() < deadline:
@@ -97,9 +91,6 @@ def test_a_client_that_connects_during_start_up_gets_its_answer_not_503(shipped_
     with several workers /readyz, answered by a warm one, said ready while another still
     answered 503 (the compose check in CI failed on it). A client sending from the first
     moment, each request on a new connection, must get only 200s."""
-    from bench.processes import free_port, stop
-    from tests.conftest import READY_LINE
-
     port = free_port()
     log = tmp_path / "server.log"
     environment = {**os.environ, "NER_MODEL_PATH": str(shipped_bundle), "NER_TORCH_THREADS": "1", "NER_PORT": str(port), "NER_WORKERS": str(workers)}
