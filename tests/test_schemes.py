@@ -6,8 +6,9 @@ import numpy as np
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch.profiler import ProfilerActivity, profile
 
-from model.crf import CRF
+from model.crf import CRF, scan_viterbi, sequential_viterbi
 from model.schemes import SpanDecoder, decode, encode, is_valid, make_labels
 
 TYPES = ["PER", "LOC", "ORG"]
@@ -122,6 +123,50 @@ def test_viterbi_never_returns_an_invalid_sequence(length, seed):
     decoded = crf.viterbi(emissions, lengths)
     for row in range(3):
         assert is_valid([labels[k] for k in decoded[row, : int(lengths[row])].tolist()])
+
+
+def decoder_inputs(crf: CRF, emissions: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    start, transitions, end = crf._scores()
+    batch, _, n = emissions.shape
+    return emissions, lengths, start.expand(batch, n), transitions.expand(batch, n, n), end.expand(batch, n)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 8), st.integers(1, 70), st.integers(0, 10_000), st.booleans())
+def test_the_gpu_decoder_finds_the_same_paths_as_the_loop(batch, steps, seed, typed):
+    """scan_viterbi (what a GPU runs) against the loop over time, with every length from 1 up,
+    constraints and random scores, its products whole or in slices; TorchScript compiles it."""
+    labels = make_labels(TYPES, True) if typed else make_labels(None, False)
+    generator = torch.Generator().manual_seed(seed)
+    crf = CRF(labels)
+    with torch.no_grad():
+        for parameter in crf.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator))
+    lengths = torch.randint(1, steps + 1, (batch,), generator=generator)
+    lengths[0] = steps
+    inputs = decoder_inputs(crf, torch.randn(batch, steps, len(labels), generator=generator) * 5, lengths)
+    expected = sequential_viterbi(*inputs)
+    assert torch.equal(scan_viterbi(*inputs), expected)
+    assert torch.equal(scan_viterbi(*inputs, max_elements=1), expected)  # products one sequence at a time
+    assert torch.equal(torch.jit.script(scan_viterbi)(*inputs), expected)
+
+
+def test_the_gpu_decoders_operations_grow_with_log_t_not_t():
+    """Each operation is a kernel launch on a GPU: the loop's number grows with the steps,
+    the scan's with their logarithm."""
+    crf = CRF(make_labels(TYPES, True))
+
+    def operations(decoder, steps: int) -> int:
+        inputs = decoder_inputs(crf, torch.randn(4, steps, crf.num_labels), torch.full((4,), steps))
+        with profile(activities=[ProfilerActivity.CPU]) as profiled:
+            decoder(*inputs)
+        return sum(event.count for event in profiled.key_averages() if event.key.startswith("aten::"))
+
+    loop = {steps: operations(sequential_viterbi, steps) for steps in (16, 128)}
+    scan = {steps: operations(scan_viterbi, steps) for steps in (16, 128)}
+    assert loop[128] - loop[16] > 100 * 10  # over ten per step
+    assert scan[128] - scan[16] < 3 * 50  # three more doublings, under fifty each
+    assert scan[128] < loop[128] / 5
 
 
 def test_crf_likelihood_is_a_distribution():

@@ -5,7 +5,9 @@ import jieba
 import jieba.posseg
 import pytest
 
-from model.artifact import read_metadata
+import model.crf
+import model.network
+from model.artifact import eager_copy, load_bundle, read_metadata
 from model.lexicon import Lexicon
 from model.tagger import Tagger
 from tests.conftest import run_server
@@ -48,6 +50,18 @@ def test_sample_figures_match_the_model_card(request, shipped_bundle, corpus, pr
     for task in ("seg", "pos", "ner"):
         if task in recorded:
             assert abs(measured[task]["f1"] - recorded[task]["f1"]) <= 0.01, (task, measured[task]["f1"], recorded[task]["f1"])
+
+
+def test_the_gpu_decoder_gives_the_shipped_models_answers(shipped_bundle, tagger, monkeypatch):
+    """On a GPU the network decodes with scan_viterbi (model/crf.py); here it runs on the CPU
+    in an eager copy of the shipped network, on fixed samples of msra-test and pd98-test."""
+    texts = [e.text for corpus in ("msra-test", "pd98-test") for e in sample(load_corpus(corpus), 150)]
+    expected = [result.to_dict() for result in tagger.tag(texts)]
+    scan_tagger = Tagger.load(shipped_bundle, "cpu")
+    scan_tagger.network = eager_copy(*load_bundle(shipped_bundle))
+    monkeypatch.setattr(model.crf, "viterbi", model.crf.scan_viterbi)
+    monkeypatch.setattr(model.network, "viterbi", model.crf.scan_viterbi)
+    assert [result.to_dict() for result in scan_tagger.tag(texts)] == expected
 
 
 def test_offsets_on_test_sentences(tagger):
