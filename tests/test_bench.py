@@ -76,3 +76,29 @@ def test_gpu_script_and_report_on_the_cpu(tiny_bundle, tmp_path):
     assert "## GPU" in markdown
     assert sum(line.startswith(("| fp32 | 0.", "| fp16 | 0.")) for line in markdown.splitlines()) == 2  # the accuracy rows
     assert (results / "gpu_throughput_vs_batch.png").stat().st_size > 0
+
+
+def test_the_rnn_variants_loop_is_the_lstm_it_is_timed_against():
+    """bench.rnn_variants times a loop over time against torch's LSTM: its figures mean
+    something only if the loop computes the same outputs from the same weights."""
+    import torch
+    from torch.nn.utils.rnn import pack_padded_sequence
+
+    from bench.rnn_variants import recurrence, reversed_within
+
+    torch.manual_seed(0)
+    hidden, inputs = 6, 5
+    lstm = torch.nn.LSTM(inputs, hidden, bidirectional=True, batch_first=True).eval()
+    lengths = torch.tensor([4, 1, 7, 3])
+    packed = pack_padded_sequence(torch.randn(4, 7, inputs), lengths, batch_first=True, enforce_sorted=False)
+    order = torch.cat([torch.arange(hidden) + g * hidden for g in (0, 1, 3, 2)])  # torch's i, f, g, o as i, f, o, g
+    weight_ih = torch.cat([lstm.weight_ih_l0[order], lstm.weight_ih_l0_reverse[order]])
+    bias = torch.cat([(lstm.bias_ih_l0 + lstm.bias_hh_l0)[order], (lstm.bias_ih_l0_reverse + lstm.bias_hh_l0_reverse)[order]])
+    weight_hh = torch.stack([lstm.weight_hh_l0[order].t(), lstm.weight_hh_l0_reverse[order].t()])
+    reverse = reversed_within(packed)
+    projected = torch.addmm(bias, packed.data, weight_ih.t()).view(-1, 2, 4 * hidden)
+    with torch.no_grad():
+        looped = recurrence(torch.stack([projected[:, 0], projected[reverse, 1]], 1), packed.batch_sizes.tolist(), weight_hh, hidden, True)
+        expected = lstm(packed)[0].data.view(-1, 2, hidden)
+    assert torch.allclose(looped[:, 0], expected[:, 0], atol=1e-6)
+    assert torch.allclose(looped[reverse, 1], expected[:, 1], atol=1e-6)
