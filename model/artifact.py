@@ -115,14 +115,15 @@ class BundleMetadata(ModelDescription):
 
 
 def save_bundle(path: str | Path, network: torch.nn.Module, metadata: BundleMetadata) -> Path:
-    """Script `network` and write it with `metadata` into the folder `path`."""
+    """Script `network` (unless it is a ScriptModule already) and write it, in eval mode, with
+    `metadata` into the folder `path`."""
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
     was_training = network.training
     network.eval()
-    scripted = torch.jit.script(network)
-    network.train(was_training)
+    scripted = network if isinstance(network, torch.jit.ScriptModule) else torch.jit.script(network)
     scripted.save(str(folder / NETWORK_FILE))
+    network.train(was_training)
     metadata.model_copy(update={"format_version": FORMAT_VERSION}).write(folder)
     return folder
 

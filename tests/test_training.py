@@ -92,3 +92,41 @@ def test_a_config_with_an_unknown_key_or_a_wrong_value_is_an_error_naming_it(tmp
     config.write_text(toml, encoding="utf-8")
     with pytest.raises(ValueError, match=rf"(?s)bad\.toml: .*{re.escape(named)}"):
         TrainConfig.from_toml(config)
+
+
+EDIT_DURING_TRAINING = """
+import linecache, sys
+from pathlib import Path
+import model.crf
+import training.train
+from training.config import TrainConfig
+
+step = training.train.Optimiser.step
+source = model.crf.__file__
+
+def step_after_an_edit(self, *args, **kwargs):
+    # as if model/crf.py had been edited on disk once the run was under way (TorchScript
+    # reads a function's source through linecache)
+    if source not in linecache.cache or linecache.cache[source][1] is not None:
+        lines = open(source, encoding="utf-8").read().splitlines(keepends=True)
+        linecache.cache[source] = (None, None, ["# edited\\n"] * 3 + lines, source)
+    return step(self, *args, **kwargs)
+
+training.train.Optimiser.step = step_after_an_edit
+training.train.train(TrainConfig.from_toml(sys.argv[1]), Path(sys.argv[2]), progress=False)
+"""
+
+
+def test_a_source_file_edited_during_training_does_not_break_the_export(tmp_path: Path) -> None:
+    """Run M (2026-11-29) trained for 82 minutes, then failed to write its bundle: model/crf.py
+    had been edited meanwhile and TorchScript compiled the network from the file as it was at
+    the end. The network is scripted when training starts, so the bundle holds the code that
+    trained. In a fresh interpreter: TorchScript caches what it compiled."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-c", EDIT_DURING_TRAINING, str(ROOT / "training" / "configs" / "tiny.toml"), str(tmp_path / "bundle")]
+    finished = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    [result] = Tagger.load(tmp_path / "bundle", "cpu").tag(["李明在北京大学工作。"])
+    assert "".join(t.text for t in result.tokens) == "李明在北京大学工作。"

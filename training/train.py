@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from model.artifact import BundleMetadata, CorpusUse, Labels, TrainingRecord, Vocabularies, save_bundle
+from model.artifact import BundleMetadata, CorpusUse, Labels, TrainingRecord, Vocabularies, build_network, save_bundle
 from model.features import Batch, Featuriser
 from model.lexicon import Lexicon
 from model.network import TaggerNetwork
@@ -210,6 +210,13 @@ def train(config: TrainConfig, out: Path, progress: bool = True) -> dict:
         },
     )
 
+    # The bundle's network is scripted now, from the code that trains, and takes the trained
+    # weights at the end: TorchScript compiles from the source files, and scripting at the end
+    # read them as they were then (a file edited during an 82-minute run made its export fail).
+    # Building it draws from torch's generator, which training must not see.
+    with torch.random.fork_rng(devices=[]):
+        exported = torch.jit.script(build_network(metadata).eval())
+
     def evaluate_dev() -> dict:
         kept.eval()
         tagger = Tagger(kept, metadata, device, lexicon)
@@ -278,8 +285,8 @@ def train(config: TrainConfig, out: Path, progress: bool = True) -> dict:
         finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     )
     metadata.evaluation = {"dev": best_report}
-    network.cpu()
-    save_bundle(out, network, metadata)
+    exported.load_state_dict(network.cpu().state_dict())
+    save_bundle(out, exported, metadata)
     report = {"history": history, "best_epoch": best_epoch, "dev": best_report, "training": metadata.training.model_dump()}
     (out / "report.json").write_text(json.dumps(report, ensure_ascii=False, indent=1), encoding="utf-8")
     plot_curve(history, out / "curve.png")
