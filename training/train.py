@@ -140,6 +140,7 @@ def initialise_tables(network: TaggerNetwork, config: TrainConfig, chars: Vocab,
 
 def train(config: TrainConfig, out: Path, progress: bool = True) -> dict:
     started = time.time()
+    commit = git_commit()  # the code this process runs, not what is checked out when it ends
     random.seed(config.seed)
     np.random.seed(config.seed)
     torch.manual_seed(config.seed)
@@ -280,7 +281,7 @@ def train(config: TrainConfig, out: Path, progress: bool = True) -> dict:
         minutes=minutes,
         hardware=hardware(),
         torch=torch.__version__,
-        git_commit=git_commit(),
+        git_commit=commit,
         seed=config.seed,
         finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     )
