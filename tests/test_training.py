@@ -130,3 +130,21 @@ def test_a_source_file_edited_during_training_does_not_break_the_export(tmp_path
     assert finished.returncode == 0, finished.stderr[-3000:]
     [result] = Tagger.load(tmp_path / "bundle", "cpu").tag(["李明在北京大学工作。"])
     assert "".join(t.text for t in result.tokens) == "李明在北京大学工作。"
+
+
+def test_the_bundle_names_the_commit_training_started_from(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A commit made while a run trains (they take hours) is not the code that trained."""
+    import training.train
+
+    checked_out = ["started-here"]
+    step = training.train.Optimiser.step
+
+    def step_after_a_commit(self, *args, **kwargs):
+        checked_out[0] = "committed-during-the-run"
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(training.train, "git_commit", lambda: checked_out[0])
+    monkeypatch.setattr(training.train.Optimiser, "step", step_after_a_commit)
+    config = TrainConfig.from_toml(ROOT / "training" / "configs" / "tiny.toml").model_copy(update={"epochs": 1})
+    train(config, tmp_path / "bundle", progress=False)
+    assert load_bundle(tmp_path / "bundle")[1].training.git_commit == "started-here"
