@@ -10,7 +10,7 @@ plain uvicorn: `uvicorn --http app.protocol:GuardedHttpToolsProtocol ...`):
   NER_MAX_HEADERS header lines (431);
 - a request whose head is not complete NER_HEADER_TIMEOUT_S after the connection opened (or
   after its first byte, on a kept-alive connection) gets 408 and the connection is closed;
-  a connection that never sent a byte is closed without an answer;
+  a connection that never sent a byte is closed without an answer (logged at INFO);
 - a body not complete NER_BODY_TIMEOUT_S after the head ends closes the connection;
 - the protocol's own errors (a malformed request) are JSON like the app's: {"error": ...}.
 """
@@ -89,9 +89,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        if not self.reading_head:  # the next request on a kept-alive connection
-            self.reading_head = True
-            self.head_bytes = 0
+        if self.deadline is None:  # the next request on a kept-alive connection: time it from its first byte
             self._arm(self.header_timeout_s)
         self.header_count = 0
         self.head_size = 0
@@ -119,6 +117,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         self._disarm()
+        # What arrives next is the next request's head. Counting starts here, not at its first
+        # byte's parse: data_received counts a read before the parser sees it, and a head cut
+        # short must read as bytes sent (408), not as an idle connection (a silent close).
+        self.reading_head = True
+        self.head_bytes = 0
         super().on_message_complete()
 
     def send_400_response(self, msg: str) -> None:
@@ -150,7 +153,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             )
             self.transport.close()
         elif self.head_bytes == 0:
-            self.transport.close()  # never sent a byte: nobody to answer
+            # never sent a byte: nobody to answer (logged, as a client that did send a request
+            # and saw the connection close would otherwise find no trace of it here)
+            log.info("closing the connection from %s: no request within %s s (NER_HEADER_TIMEOUT_S)", client, self.header_timeout_s)
+            self.transport.close()
         else:
             log.warning(
                 "closing the connection from %s: request headers not complete after %s s (NER_HEADER_TIMEOUT_S)",

@@ -128,6 +128,19 @@ def test_a_kept_alive_connection_may_send_the_next_request_later(server: Server)
         assert client.post("/tag", json={"text": "张三去了上海。"}).status_code == 200
 
 
+def test_half_a_head_on_a_kept_alive_connection_gets_408(server: Server) -> None:
+    """The second request's head counts as bytes sent: 408, not the silent close of an idle connection."""
+    connection = connect(server)
+    connection.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    first = b""
+    while b"\r\n\r\n" not in first or not first.endswith(b"}"):  # /healthz answers a JSON object
+        first += connection.recv(65536)
+    assert first.startswith(b"HTTP/1.1 200 ")
+    connection.sendall(b"GET /healthz HTTP/1.1\r\nHost:")
+    reply = answer(connection)
+    assert reply.startswith(b"HTTP/1.1 408 "), reply[:200]
+
+
 def test_a_malformed_request_gets_a_json_400(server: Server) -> None:
     connection = connect(server)
     connection.sendall(b"GARBAGE\r\n\r\n")

@@ -59,23 +59,30 @@ class RssSampler(threading.Thread):
         return self.peak
 
 
-async def flood(url: str) -> tuple[Counter[int], list[httpx.Response]]:
-    """FLOOD_REQUESTS requests, CONCURRENT_CLIENTS at a time; statuses and the 503 answers."""
+async def flood(url: str) -> tuple[Counter[int], list[httpx.Response], list[str]]:
+    """FLOOD_REQUESTS requests, CONCURRENT_CLIENTS at a time; statuses, the 503 answers, and
+    the requests that got no answer (when, and what the client saw: the server's log says why)."""
     statuses: Counter[int] = Counter()
     refusals: list[httpx.Response] = []
+    unanswered: list[str] = []
     remaining = iter(range(FLOOD_REQUESTS))
     limits = httpx.Limits(max_connections=CONCURRENT_CLIENTS, max_keepalive_connections=CONCURRENT_CLIENTS)
+    started = time.monotonic()
     async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
 
         async def one_client() -> None:
             for _ in remaining:
-                response = await client.post("/tag", json={"text": FLOOD_TEXT})
+                try:
+                    response = await client.post("/tag", json={"text": FLOOD_TEXT})
+                except httpx.TransportError as problem:
+                    unanswered.append(f"{time.monotonic() - started:.1f} s into the flood: {problem!r}")
+                    continue
                 statuses[response.status_code] += 1
                 if response.status_code == 503:
                     refusals.append(response)
 
         await asyncio.gather(*(one_client() for _ in range(CONCURRENT_CLIENTS)))
-    return statuses, refusals
+    return statuses, refusals, unanswered
 
 
 def metric(url: str, series: str) -> float:
@@ -101,11 +108,12 @@ def test_flood_beyond_the_queue_gets_503_and_then_recovers(server: Server) -> No
     sampler = RssSampler(server.process.pid)
     sampler.start()
     started = time.monotonic()
-    statuses, refusals = asyncio.run(flood(server.url))
+    statuses, refusals, unanswered = asyncio.run(flood(server.url))
     seconds = time.monotonic() - started
     peak = sampler.stop()
     print(f"\noverload: {FLOOD_REQUESTS} requests in {seconds:.1f} s, statuses {dict(statuses)}, RSS {baseline:.0f} MB before, peak {peak:.0f} MB")
 
+    assert not unanswered, f"{len(unanswered)} requests got no answer: {unanswered[:5]}"
     assert set(statuses) <= {200, 503}, f"unexpected statuses {statuses}"
     assert statuses[503] > 0, "the flood never filled the queue"
     assert statuses[200] > 0
