@@ -150,10 +150,10 @@ def scan_viterbi(emissions: Tensor, lengths: Tensor, start: Tensor, transitions:
         prefix = torch.cat([prefix[:, :span], max_plus_product(prefix[:, :-span], prefix[:, span:], max_elements)], dim=1)
         span *= 2
     score = prefix[:, :, 0]  # (B, T, L)
-    identity_map = torch.arange(n, device=emissions.device).view(1, 1, n).expand(batch, steps - 1, n)
+    label_map = torch.arange(n, device=emissions.device).view(1, 1, n)  # each label to itself
     backpointers = (score[:, :-1].unsqueeze(3) + transitions.unsqueeze(1)).max(dim=2)[1]  # label at t -> label at t - 1
     # to_step[t] maps the label at the last step to the label at t (the last maps to itself)
-    to_step = torch.cat([torch.where(mask[:, 1:, None], backpointers, identity_map), torch.arange(n, device=emissions.device).view(1, 1, n).expand(batch, 1, n)], dim=1)
+    to_step = torch.cat([torch.where(mask[:, 1:, None], backpointers, label_map), label_map.expand(batch, 1, n)], dim=1)
     span = 1
     while span < steps:  # to_step[t] becomes the backpointers t + 1 .. t + 2 span composed
         to_step = torch.cat([to_step[:, :-span].gather(2, to_step[:, span:]), to_step[:, -span:]], dim=1)
