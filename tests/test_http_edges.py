@@ -134,7 +134,9 @@ def test_half_a_head_on_a_kept_alive_connection_gets_408(server: Server) -> None
     connection.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
     first = b""
     while b"\r\n\r\n" not in first or not first.endswith(b"}"):  # /healthz answers a JSON object
-        first += connection.recv(65536)
+        chunk = connection.recv(65536)
+        assert chunk, f"closed during the first answer: {first[:200]!r}"
+        first += chunk
     assert first.startswith(b"HTTP/1.1 200 ")
     connection.sendall(b"GET /healthz HTTP/1.1\r\nHost:")
     reply = answer(connection)
