@@ -265,15 +265,14 @@ class Tagger:
         """The result for one text from the spans of its chunks (same order). `whole_names`: the
         tokens inside a person's name merged into one token tagged nr (needs seg and ner);
         `report_dictionary`: a TagResultWithDictionary listing the dictionary entries applied."""
-        text, spans = prepared.text, prepared.atoms.spans
+        text, bounds = prepared.text, prepared.atoms.bounds
         result: TagResult = TagResultWithDictionary(text) if report_dictionary else TagResult(text)
         if report_dictionary:
             result.dictionary = [DictionaryHit(text[m.start : m.end], m.start, m.end, m.entry.pos, m.entry.type) for m in prepared.dictionary]
         with_tokens = "seg" in tasks or "pos" in tasks
         with_pos = "pos" in tasks
-        # Atom k is text[starts[k]:ends[k]]; the usual text has one atom per character.
-        one_per_character = len(spans) == len(text)
-        starts, ends = (None, None) if one_per_character else zip(*spans)
+        # Atom k is text[bounds[k]:bounds[k + 1]]; the usual text has one atom per character (no bounds).
+        one_per_character = bounds is None
         # Words by atom index; whitespace atoms are words of their own.
         words: list[tuple[int, int, str | None]] = []
         for chunk, spans_of_chunk in zip(prepared.chunks, spans_per_chunk):
@@ -293,14 +292,14 @@ class Tagger:
                 if one_per_character:
                     found = [(base + start, base + end, kind) for start, end, kind in spans_of_chunk.entities]
                 else:
-                    found = [(starts[base + start], ends[base + end - 1], kind) for start, end, kind in spans_of_chunk.entities]
+                    found = [(bounds[base + start], bounds[base + end], kind) for start, end, kind in spans_of_chunk.entities]
                 result.entities += [Entity(text[start:end], kind or "", start, end) for start, end, kind in found]
         if with_tokens:
             if SPACE in prepared.atoms.model_text:  # chunks are in order; only spaces need merging in
                 words += [(k, k + 1, WHITESPACE_POS) for k, c in enumerate(prepared.atoms.model_text) if c == SPACE]
                 words.sort()
             if not one_per_character:
-                words = [(starts[start], ends[end - 1], pos) for start, end, pos in words]
+                words = [(bounds[start], bounds[end], pos) for start, end, pos in words]
             if with_pos:
                 result.tokens = [Token(text[start:end], start, end, pos) for start, end, pos in words]
             else:
