@@ -31,6 +31,9 @@ class TrainConfig(BaseModel):
     # Pretrained inputs (training only; the bundle carries the fine-tuned tables):
     lac_source: str = ""  # LAC-2.1.2.tar.gz (`make lac`): character table from LAC's, its characters added to the vocabulary
     bigram_vectors: str = ""  # gensim KeyedVectors (`python -m training.pretrained`): bigram table initialised from them
+    # The BiLSTM and both tables from forward and backward character language models (`python -m
+    # training.lm`), fine-tuned from there; applied after lac_source and bigram_vectors.
+    encoder_init: str = ""
     pretrained_own_scale: bool = False  # copy pretrained vectors as they are, not scaled to network.embedding_init_std
     limit_train: int = 0  # sentences per corpus, 0 = all (tiny runs in tests)
     limit_dev: int = 0

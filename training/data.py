@@ -4,6 +4,7 @@ ids, and batches of similar length."""
 from __future__ import annotations
 
 import random
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,7 +12,10 @@ import torch
 
 from model.schemes import encode
 from model.text import atomise, chunk_ranges
-from training.corpora import Example
+from model.vocab import Vocab, bigrams
+from training.config import TrainConfig
+from training.corpora import Example, load_corpus
+from training.pretrained import lac_characters
 
 
 @dataclass
@@ -46,6 +50,23 @@ def to_sequences(examples: list[Example], labels: dict[str, list[str]], max_len:
                 )
             )
     return [Sequence_(text, *labels_) for text, labels_ in zip(texts, gold)]
+
+
+def load_training(config: TrainConfig) -> tuple[list[Example], list[list[Example]]]:
+    """The PD98 training sentences and those of each NER training corpus (config order), each
+    cut to `limit_train` when set."""
+    limit = config.limit_train or None
+    data = config.data_dir or None
+    return load_corpus(config.pd98_train)[:limit], [load_corpus(name, data=data)[:limit] for name in config.ner_train]
+
+
+def vocabularies(config: TrainConfig, model_texts: list[str]) -> tuple[Vocab, Vocab]:
+    """The character vocabulary (the training text's characters by frequency, then LAC's when
+    configured) and the bigram vocabulary of the training text's model strings."""
+    char_vocab = Vocab.build(Counter(c for t in model_texts for c in t))
+    if config.lac_source:
+        char_vocab = Vocab(char_vocab.items + lac_characters(config.lac_source))
+    return char_vocab, Vocab.build(Counter(b for t in model_texts for b in bigrams(t)), config.bigram_min_count, config.bigram_max_size)
 
 
 def make_batches(sequences: list[Sequence_], batch_size: int, rng: random.Random) -> list[list[Sequence_]]:

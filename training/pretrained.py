@@ -27,7 +27,8 @@ import numpy as np
 import torch
 
 from model.text import atomise
-from model.vocab import bigrams
+from model.vocab import Vocab, bigrams
+from training.config import TrainConfig
 
 LAC_FILES = {"table": "LAC/lac_model/model/word_emb", "words": "LAC/lac_model/conf/word.dic", "q2b": "LAC/lac_model/conf/q2b.dic"}
 HOW_TO_GET_LAC = "get it with `make lac` (pip download --no-deps lac==2.1.2)"
@@ -141,6 +142,22 @@ def vector_rows(items: list[str], path: str | Path) -> tuple[np.ndarray, np.ndar
         if i > 2 and item in vectors.key_to_index:
             out[i], found[i] = vectors[item], True
     return out, found
+
+
+def initialise_tables(network: torch.nn.Module, config: TrainConfig, chars: Vocab, bigram_vocab: Vocab) -> dict:
+    """Pretrained rows into the `char_embedding` and `bigram_embedding` tables of `network` (the
+    tagger's, or the language models' of training.lm), as configured; what was done, for the metadata."""
+    done = {}
+    std = None if config.pretrained_own_scale else config.network.embedding_init_std
+    if config.lac_source:
+        rows = set_rows(network.char_embedding, *lac_rows(chars.items, config.lac_source), std)
+        done["chars"] = {"source": "Baidu LAC 2.1.2 lac_model word_emb (Apache-2.0), through its q2b.dic", "rows": rows, "of": len(chars), "licence": "Apache-2.0"}
+    if config.bigram_vectors:
+        rows = set_rows(network.bigram_embedding, *vector_rows(bigram_vocab.items, config.bigram_vectors), std)
+        done["bigrams"] = {"source": f"gensim skip-gram on the unlabelled text and training splits ({Path(config.bigram_vectors).name})", "rows": rows, "of": len(bigram_vocab), "licence": "derived from the corpora above"}
+    for table, figures in done.items():
+        print(f"pretrained {table}: {figures['rows']} of {figures['of']} rows", file=sys.stderr)
+    return done
 
 
 def unlabelled_lines(folder: Path) -> Iterator[str]:

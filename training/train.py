@@ -20,7 +20,6 @@ import random
 import subprocess
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -34,12 +33,13 @@ from model.network import TaggerNetwork
 from model.schemes import make_labels
 from model.tagger import TASKS, Tagger
 from model.text import atomise
-from model.vocab import Vocab, bigrams
+from model.vocab import Vocab
 from training.config import TrainConfig
 from training.corpora import CORPORA, Example, corpus_family, load_corpus
-from training.data import label_tensor, make_batches, to_sequences
+from training.data import label_tensor, load_training, make_batches, to_sequences, vocabularies
 from training.evaluate import score
-from training.pretrained import lac_characters, lac_rows, set_rows, vector_rows
+from training.lm import initialise_encoder
+from training.pretrained import initialise_tables
 
 
 class Optimiser:
@@ -123,21 +123,6 @@ def dev_figures(report: dict) -> float:
     return sum(values) / len(values)
 
 
-def initialise_tables(network: TaggerNetwork, config: TrainConfig, chars: Vocab, bigram_vocab: Vocab) -> dict:
-    """Pretrained rows into the character and bigram tables, as configured; what was done, for the metadata."""
-    done = {}
-    std = None if config.pretrained_own_scale else config.network.embedding_init_std
-    if config.lac_source:
-        rows = set_rows(network.char_embedding, *lac_rows(chars.items, config.lac_source), std)
-        done["chars"] = {"source": "Baidu LAC 2.1.2 lac_model word_emb (Apache-2.0), through its q2b.dic", "rows": rows, "of": len(chars), "licence": "Apache-2.0"}
-    if config.bigram_vectors:
-        rows = set_rows(network.bigram_embedding, *vector_rows(bigram_vocab.items, config.bigram_vectors), std)
-        done["bigrams"] = {"source": f"gensim skip-gram on the unlabelled text and training splits ({Path(config.bigram_vectors).name})", "rows": rows, "of": len(bigram_vocab), "licence": "derived from the corpora above"}
-    for table, figures in done.items():
-        print(f"pretrained {table}: {figures['rows']} of {figures['of']} rows", file=sys.stderr)
-    return done
-
-
 def train(config: TrainConfig, out: Path, progress: bool = True) -> dict:
     started = time.time()
     commit = git_commit()  # the code this process runs, not what is checked out when it ends
@@ -151,17 +136,13 @@ def train(config: TrainConfig, out: Path, progress: bool = True) -> dict:
         return examples[:limit] if limit else examples
 
     data = config.data_dir or None
-    pd98_train = limited(load_corpus(config.pd98_train), config.limit_train)
-    ner_train_by_corpus = [limited(load_corpus(name, data=data), config.limit_train) for name in config.ner_train]
+    pd98_train, ner_train_by_corpus = load_training(config)
     ner_train = [e for examples in ner_train_by_corpus for e in examples]
     pd98_dev = limited(load_corpus(config.pd98_dev), config.limit_dev)
     ner_dev = {name: limited(load_corpus(name, data=data), config.limit_dev) for name in config.ner_dev}
 
     model_texts = [atomise(e.text).model_text for e in pd98_train + ner_train]
-    char_vocab = Vocab.build(Counter(c for t in model_texts for c in t))
-    if config.lac_source:
-        char_vocab = Vocab(char_vocab.items + lac_characters(config.lac_source))
-    bigram_vocab = Vocab.build(Counter(b for t in model_texts for b in bigrams(t)), config.bigram_min_count, config.bigram_max_size)
+    char_vocab, bigram_vocab = vocabularies(config, model_texts)
     pos_types = sorted({w[2] for e in pd98_train for w in e.words})
     ner_types = sorted({s[2] for e in ner_train for s in e.entities})
     labels = {"seg": make_labels(None, False), "pos": make_labels(pos_types, False), "ner": make_labels(ner_types, True)}
@@ -185,6 +166,8 @@ def train(config: TrainConfig, out: Path, progress: bool = True) -> dict:
     aux_heads = max(config.ner_head_of.values(), default=0)
     network = TaggerNetwork(config.network, len(char_vocab), len(bigram_vocab), Lexicon.size, labels["seg"], labels["pos"], labels["ner"], num_words, aux_heads)
     pretrained = initialise_tables(network, config, char_vocab, bigram_vocab)
+    if config.encoder_init:
+        pretrained["encoder"] = initialise_encoder(network, config.encoder_init, char_vocab, bigram_vocab)
     network = network.to(device)
     optimiser = Optimiser(network, config.learning_rate, config.clip, config.task_weights, config.embedding_learning_rate, config.lr_decay)
     averaged = None
