@@ -46,6 +46,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.body_timeout_s = settings.body_timeout_s
         self.reading_head = True  # between the start of a request (or the connection) and the end of its headers
         self.head_bytes = 0  # bytes read while the head was incomplete: bounds a head that never ends
+        # The parser has seen this request's first byte. A pipelined request can begin in the read
+        # that ended the one before, whose bytes head_bytes did not count.
+        self.request_begun = False
         self.head_size = 0  # the head's parsed size: URL, header names and values
         self.header_count = 0
         self.deadline: asyncio.TimerHandle | None = None
@@ -91,6 +94,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_begin()
         if self.deadline is None:  # the next request on a kept-alive connection: time it from its first byte
             self._arm(self.header_timeout_s)
+        self.request_begun = True
         self.header_count = 0
         self.head_size = 0
 
@@ -122,6 +126,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         # short must read as bytes sent (408), not as an idle connection (a silent close).
         self.reading_head = True
         self.head_bytes = 0
+        self.request_begun = False
         super().on_message_complete()
 
     def send_400_response(self, msg: str) -> None:
@@ -152,7 +157,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 "closing the connection from %s: request body not complete after %s s (NER_BODY_TIMEOUT_S)", client, self.body_timeout_s
             )
             self.transport.close()
-        elif self.head_bytes == 0:
+        elif self.head_bytes == 0 and not self.request_begun:
             # never sent a byte: nobody to answer (logged, as a client that did send a request
             # and saw the connection close would otherwise find no trace of it here)
             log.info("closing the connection from %s: no request within %s s (NER_HEADER_TIMEOUT_S)", client, self.header_timeout_s)

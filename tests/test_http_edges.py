@@ -143,6 +143,17 @@ def test_half_a_head_on_a_kept_alive_connection_gets_408(server: Server) -> None
     assert reply.startswith(b"HTTP/1.1 408 "), reply[:200]
 
 
+def test_half_a_head_pipelined_behind_a_request_gets_408(server: Server) -> None:
+    """A read that ends one request and starts the next: the next head, cut short, gets 408 after
+    the first request's answer, not the silent close of an idle connection."""
+    connection = connect(server)
+    connection.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\nHost:")
+    replies = answer(connection)
+    first, _, rest = replies.partition(b"\r\n\r\n")
+    assert first.startswith(b"HTTP/1.1 200 "), replies[:200]
+    assert b"HTTP/1.1 408 " in rest, replies
+
+
 def test_a_malformed_request_gets_a_json_400(server: Server) -> None:
     connection = connect(server)
     connection.sendall(b"GARBAGE\r\n\r\n")
