@@ -12,7 +12,7 @@ PORT ?= 8000
 LAC_SDIST := runs/lac/LAC-2.1.2.tar.gz
 BIGRAM_VECTORS := runs/pretrained/bigrams-48.kv
 
-.PHONY: venv serve test train lac pretrain evaluate bench bench-gpu lint clean image image-test
+.PHONY: venv serve test train lac pretrain lm evaluate bench bench-gpu lint clean image image-test
 
 venv: $(VENV)/.installed
 
@@ -47,6 +47,14 @@ pretrain: $(BIGRAM_VECTORS)
 
 $(BIGRAM_VECTORS): | venv
 	$(BIN)/python -m training.pretrained --out $@
+
+# Optional (not in the default recipe; docs/ner-recipes.md, run Q): the encoder pretrained as
+# forward and backward character language models, for a config's encoder_init.
+LM_ENCODER := runs/pretrained/lm.pt
+lm: $(LM_ENCODER)
+
+$(LM_ENCODER): | lac pretrain
+	$(BIN)/python -m training.lm --config $(CONFIG) --out $@ --minutes 30
 
 evaluate: venv
 	for corpus in msra-test cluener-test resume-test pd98-test; do \
