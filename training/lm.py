@@ -37,7 +37,7 @@ from model.vocab import Vocab
 from training.config import TrainConfig
 from training.corpora import data_dir
 from training.data import Sequence_, load_training, make_batches, vocabularies
-from training.pretrained import PretrainedError, initialise_tables, unlabelled_lines
+from training.pretrained import PretrainedError, initialise_tables, set_rows, unlabelled_lines
 
 KIND = "zh-tagger character language models 1"
 BOS_BIGRAM = 2  # Vocab's <bos> id, as TaggerNetwork reads it before the first character
@@ -130,8 +130,8 @@ def initialise_encoder(network: TaggerNetwork, path: str | Path, chars: Vocab, b
     if saved["network"] != ours or not isinstance(network.rnn, nn.LSTM) or network.rnn.num_layers != 1:
         raise PretrainedError(f"{path}: language models with {saved['network']}, the network has {ours} ({type(network.rnn).__name__}, {network.rnn.num_layers} layer(s)); pretrain with the same network settings")
     state = saved["state"]
-    rows = _copy_rows(network.char_embedding, state["char_embedding.weight"], saved["chars"], chars.items)
-    _copy_rows(network.bigram_embedding, state["bigram_embedding.weight"], saved["bigrams"], bigram_vocab.items)
+    rows = set_rows(network.char_embedding, *_rows_by_item(state["char_embedding.weight"], saved["chars"], chars.items), None)
+    set_rows(network.bigram_embedding, *_rows_by_item(state["bigram_embedding.weight"], saved["bigrams"], bigram_vocab.items), None)
     both = char_dim + bigram_dim
     with torch.no_grad():
         for direction, prefix in (("", "forward_rnn"), ("_reverse", "backward_rnn")):
@@ -150,15 +150,13 @@ def initialise_encoder(network: TaggerNetwork, path: str | Path, chars: Vocab, b
     return {"source": f"forward and backward character LSTMs pretrained on the unlabelled text and training splits ({path.name}, {record['characters_seen']} characters seen)", "rows": rows, "of": len(chars), "licence": "derived from the corpora above"}
 
 
-def _copy_rows(table: nn.Embedding, pretrained: Tensor, pretrained_items: list[str], items: list[str]) -> int:
-    """Rows of `pretrained` (vocabulary `pretrained_items`) into `table` (vocabulary `items`), by item; returns how many."""
+def _rows_by_item(pretrained: Tensor, pretrained_items: list[str], items: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """For each of `items`, its row of `pretrained` (vocabulary `pretrained_items`) and whether it has one: `set_rows`' inputs."""
     index = {item: row for row, item in enumerate(pretrained_items)}
-    pairs = [(row, index[item]) for row, item in enumerate(items) if item in index]
-    if pairs:
-        ours, theirs = (torch.tensor(column) for column in zip(*pairs))
-        with torch.no_grad():
-            table.weight[ours] = pretrained[theirs].to(table.weight.dtype)
-    return len(pairs)
+    found = np.array([item in index for item in items], dtype=bool)
+    vectors = np.zeros((len(items), pretrained.shape[1]), dtype=np.float32)
+    vectors[found] = pretrained[[index[item] for item in items if item in index]].numpy()
+    return vectors, found
 
 
 def chunk_texts(texts: list[str], max_len: int) -> list[str]:
