@@ -66,6 +66,22 @@ def corpus_family(name: str) -> str:
     return name.rsplit("-", 1)[0] if name in NAMED_CORPORA else name
 
 
+SOURCE_SUFFIX = ".source.json"  # beside a corpus file: {"source", "licence"} (training.silver writes one)
+
+
+def corpus_info(name: str) -> dict[str, str]:
+    """Source and licence status of a named corpus, or of a corpus file (from the SOURCE_SUFFIX
+    file beside it; without one, user data)."""
+    family = corpus_family(name)
+    if family in CORPORA:
+        return CORPORA[family]
+    described = Path(name + SOURCE_SUFFIX)
+    if described.is_file():
+        info = json.loads(described.read_text(encoding="utf-8"))
+        return {"source": str(info.get("source", name)), "licence": str(info.get("licence", "not stated"))}
+    return {"source": f"file {name}", "licence": "user data"}
+
+
 # Where ../shared/data lies for a checkout of this project.
 DEFAULT_DATA_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 

@@ -20,7 +20,7 @@ import torch
 
 from model.artifact import BundleMetadata, read_metadata
 from model.tagger import TASKS, Tagger
-from training.corpora import CORPORA, corpus_family, load_corpus
+from training.corpora import corpus_info, load_corpus
 from training.evaluate import evaluate, sample, training_words
 from training.peers import lac_session
 
@@ -60,7 +60,7 @@ def data_table(metadata: BundleMetadata) -> list[str]:
     lines = ["| split | used for | sentences | characters | source | licence |", "| --- | --- | --- | --- | --- | --- |"]
     for name, role in roles.items():
         sentences, characters = sizes.get(name, (None, None))
-        info = CORPORA.get(corpus_family(name), {"source": name, "licence": "user data"})
+        info = corpus_info(name)
         lines.append(f"| `{name}` | {role} | {sentences or 'n/a'} | {characters or 'n/a'} | {info['source']} | {info['licence']} |")
     lines.append("| jieba's dictionary | dictionary features | about 350k words | | `jieba` package | MIT |")
     for table, done in metadata.pretrained.items():

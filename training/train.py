@@ -35,7 +35,7 @@ from model.tagger import TASKS, Tagger
 from model.text import atomise
 from model.vocab import Vocab
 from training.config import TrainConfig
-from training.corpora import CORPORA, Example, corpus_family, load_corpus
+from training.corpora import CORPORA, Example, corpus_info, load_corpus
 from training.data import label_tensor, load_training, make_batches, to_sequences, vocabularies
 from training.evaluate import score
 from training.lm import initialise_encoder
@@ -185,7 +185,7 @@ def train(config: TrainConfig, out: Path, progress: bool = True) -> dict:
         config=config.model_dump(),
         corpora={
             "seg+pos": CorpusUse(train=config.pd98_train, dev=config.pd98_dev, source=CORPORA["pd98"]["source"]),
-            "ner": CorpusUse(train=config.ner_train, dev=config.ner_dev, source="; ".join(CORPORA[corpus_family(name)]["source"] for name in config.ner_train)),
+            "ner": CorpusUse(train=config.ner_train, dev=config.ner_dev, source="; ".join(corpus_info(name)["source"] for name in config.ner_train)),
         },
         pretrained=pretrained,
         corpus_sizes={
