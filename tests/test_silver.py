@@ -62,6 +62,20 @@ def test_silver_text_is_the_majority_of_teachers_and_a_training_corpus(shipped_b
     assert "".join(t.text for t in result.tokens) == "马云在杭州。"
 
 
+def test_teachers_are_scored_on_dev_and_the_vote_of_two_equal_teachers_is_theirs(shipped_bundle: Path, tiny_bundle: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["--teacher", str(shipped_bundle), "--teacher", str(tiny_bundle), "--teacher", str(shipped_bundle)]
+    assert main([*args, "--score-on", "msra-dev", "--limit", "40"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 4 and all(line.startswith("msra-dev NER F1 ") for line in lines)
+    shipped, vote = lines[0].split()[3], lines[3].split()[3]
+    assert vote == shipped and float(vote) > 0.5 and lines[3].endswith("vote of at least 2")
+
+
+def test_teachers_are_not_scored_on_a_test_split(tiny_bundle: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--teacher", str(tiny_bundle), "--score-on", "msra-test"]) == 2
+    assert "dev split" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("split", ["msra-dev", "msra-test"])
 def test_dev_and_test_splits_are_refused(tiny_bundle: Path, tmp_path: Path, split: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--teacher", str(tiny_bundle), "--corpus", split, "--out", str(tmp_path / "x")]) == 2

@@ -3,6 +3,7 @@
     python -m training.silver --teacher model/artifacts/default --teacher runs/out_L --teacher runs/out_N \\
         --corpus pd98-train --limit 20000 --out runs/silver/pd98-train.char.bmes
     python -m training.silver --teacher ... --unlabelled --limit 15000 --out runs/silver/text.char.bmes
+    python -m training.silver --teacher ... --score-on msra-dev --limit 100000   # each teacher's F1 and the vote's
 
 Each teacher tags every text (fp32, NER only). An entity goes into the silver data when at
 least `--min-votes` teachers (default: more than half) found the same span with the same type;
@@ -33,6 +34,7 @@ from model.schemes import Span, encode
 from model.tagger import Tagger
 from training.corpora import SOURCE_SUFFIX, corpus_info, data_dir, load_corpus
 from training.pretrained import unlabelled_lines
+from training.scoring import span_scores
 
 
 class SilverError(ValueError):
@@ -54,6 +56,17 @@ def teacher_entities(bundle: str | Path, texts: Sequence[str], batch_size: int =
     """The entities `bundle` finds in each text (fp32)."""
     tagger = Tagger.load(bundle, "cpu", precision="fp32")
     return [{(e.start, e.end, e.type) for e in result.entities} for result in tagger.tag(list(texts), tasks=["ner"], batch_size=batch_size)]
+
+
+def vote_scores(teachers: Sequence[str], split: str, limit: int, min_votes: int, data: str | Path | None = None) -> list[tuple[str, float]]:
+    """Each teacher's exact-span NER F1 on the first `limit` sentences of a dev split, and the vote's."""
+    if not split.endswith("-dev"):
+        raise SilverError(f"{split!r}: teachers are scored on a dev split (e.g. msra-dev); test splits only measure the shipped model")
+    examples = load_corpus(split, data=data)[:limit]
+    gold = [set(example.entities or ()) for example in examples]
+    predictions = [teacher_entities(teacher, [example.text for example in examples]) for teacher in teachers]
+    vote = span_scores(gold, [set(spans) for spans in voted_entities(predictions, min_votes)])["f1"]
+    return [(teacher, span_scores(gold, spans)["f1"]) for teacher, spans in zip(teachers, predictions)] + [(f"vote of at least {min_votes}", vote)]
 
 
 def writable(text: str) -> bool:
@@ -107,17 +120,24 @@ def main(argv: list[str] | None = None) -> int:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--corpus", help="a training split, e.g. pd98-train")
     source.add_argument("--unlabelled", action="store_true", help="the *.txt.gz files of the data folder's text/")
+    source.add_argument("--score-on", metavar="DEV_SPLIT", help="write nothing: each teacher's and the vote's NER F1 on the first --limit sentences of a dev split (to choose teachers)")
     parser.add_argument("--data-dir", help="the extra-data folder (default ../shared/data beside the project)")
     parser.add_argument("--limit", type=int, default=20000, help="texts to tag (default 20000)")
     parser.add_argument("--max-chars", type=int, default=300, help="longest text kept (default 300)")
     parser.add_argument("--min-votes", type=int, help="teachers that must agree on an entity (default: more than half)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    parser.add_argument("--out", type=Path, required=True, help="the char-tags file to write")
+    parser.add_argument("--out", type=Path, help="the char-tags file to write (not with --score-on)")
     args = parser.parse_args(argv)
+    if (args.out is None) == (args.score_on is None):
+        parser.error("give --out to write silver data, or --score-on to score the teachers")
     torch.set_num_threads(args.threads)
     min_votes = args.min_votes or len(args.teacher) // 2 + 1
     try:
+        if args.score_on is not None:
+            for name, f1 in vote_scores(args.teacher, args.score_on, args.limit, min_votes, args.data_dir):
+                print(f"{args.score_on} NER F1 {f1:.4f}  {name}")
+            return 0
         texts = sample_texts(source_texts(args.corpus, args.data_dir), args.limit, args.seed, args.max_chars)
         predictions = []
         for teacher in args.teacher:
