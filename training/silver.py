@@ -99,7 +99,11 @@ UNLABELLED = {
 
 def source_info(corpus: str | None, teachers: Sequence[str], min_votes: int) -> dict[str, str]:
     """Where the silver texts and their labels come from, for the model card."""
-    text = UNLABELLED if corpus is None else {"source": f"{corpus} ({corpus_info(corpus)['source']})", "licence": corpus_info(corpus)["licence"]}
+    if corpus is None:
+        text = UNLABELLED
+    else:
+        info = corpus_info(corpus)
+        text = {"source": f"{corpus} ({info['source']})", "licence": info["licence"]}
     voters = ", ".join(teachers)
     return {"source": f"{text['source']}, NER labels by a vote of at least {min_votes} of the bundles {voters}", "licence": text["licence"]}
 
