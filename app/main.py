@@ -1,7 +1,7 @@
 """FastAPI app factory: the model is loaded in the lifespan, routes stay thin.
 
     ner-serve      (what `make serve` and the image run: uvicorn with app/protocol.py's limits)
-    uvicorn app.main:create_app --factory --http app.protocol:GuardedHttpToolsProtocol --port 8000
+    uvicorn app.main:create_app --factory --http app.protocol:GuardedHttpToolsProtocol --timeout-keep-alive 75 --port 8000
 """
 
 
@@ -206,7 +206,7 @@ def serve(argv: list[str] | None = None) -> None:
     if os.environ.setdefault("PYTHONFAULTHANDLER", "1"):
         faulthandler.enable()
     metrics.prepare_multiprocess_dir(settings.workers)
-    config = uvicorn.Config("app.main:create_app", factory=True, host=settings.host, port=settings.port, workers=settings.workers, log_level=settings.log_level, access_log=settings.access_log, http=GuardedHttpToolsProtocol)
+    config = uvicorn.Config("app.main:create_app", factory=True, host=settings.host, port=settings.port, workers=settings.workers, log_level=settings.log_level, access_log=settings.access_log, http=GuardedHttpToolsProtocol, timeout_keep_alive=settings.keep_alive_s)
     if settings.workers > 1:
         DrainingMultiprocess(config, sockets=[config.bind_socket()]).run()
         return

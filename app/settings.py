@@ -55,6 +55,11 @@ class Settings(BaseSettings):
     max_headers: int = Field(100, ge=1, description="Most header lines in one request; more gets 431.")
     header_timeout_s: float = Field(10.0, gt=0, description="A request's headers must be complete this long after the connection opens (or its first byte arrives); else 408 and the connection is closed.")
     body_timeout_s: float = Field(30.0, gt=0, description="A request's body must be complete this long after its headers; else the connection is closed.")
+    # uvicorn's own default is 5 s, the same as httpx's client-side expiry: a client that reused a
+    # connection just as the server closed it got no answer (ReadError, seen in a 200-client
+    # flood). The server must keep idle connections longer than its clients and any load balancer
+    # in front (AWS ALB: 60 s) do, so that they close first; 75 s is nginx's default.
+    keep_alive_s: float = Field(75.0, gt=0, description="How long an idle kept-alive connection stays open; longer than clients' and load balancers' idle timeouts, so that they close first.")
 
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list, description="Comma-separated keys; empty = no authentication.")
     protect_metrics: bool = Field(False, description="Require an API key on /metrics too.")
