@@ -7,7 +7,7 @@
 # Settings (environment): PYTHON, MODEL, RESULTS (where the JSON files go), DURATION
 # (seconds per HTTP point), DEVICE (cuda; cpu only to try the script out), SAMPLE and
 # LIMIT (0 = full test splits / all 5,000 benchmark sentences; smaller for a dry run),
-# STEPS (which of "eval inprocess http" to run; all by default).
+# STEPS (which of "eval inprocess viterbi http" to run; all by default).
 # Each step runs even if one before it failed; the exit status says whether all passed.
 set -u
 PYTHON=${PYTHON:-.venv/bin/python}
@@ -17,7 +17,7 @@ DURATION=${DURATION:-5}
 DEVICE=${DEVICE:-cuda}
 SAMPLE=${SAMPLE:-0}
 LIMIT=${LIMIT:-0}
-STEPS=${STEPS:-eval inprocess http}
+STEPS=${STEPS:-eval inprocess viterbi http}
 mkdir -p "$RESULTS"
 failed=0
 step() {
@@ -46,6 +46,11 @@ if [[ " $STEPS " == *" inprocess "* ]]; then
         --batch-sizes 1,32,128,512,2048 --out "$RESULTS/inprocess-fp32.json"
     step "$PYTHON" -m bench.throughput --model "$MODEL" --device "$DEVICE" --precision fp16 --rounds 1 --limit "$LIMIT" \
         --batch-sizes 32,128,512,2048 --out "$RESULTS/inprocess-fp16.json"
+fi
+
+# The Viterbi decoders in the whole tagger: the parallel scan (what CUDA runs) against the loop.
+if [[ " $STEPS " == *" viterbi "* ]]; then
+    step "$PYTHON" -m bench.viterbi --model "$MODEL" --device "$DEVICE" --limit "$LIMIT" --out "$RESULTS/viterbi.json"
 fi
 
 # HTTP: the defaults (fp32 on CUDA, batches of at most 64 sentences / 12,000 characters),

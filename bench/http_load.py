@@ -136,7 +136,8 @@ def paced_load(url: str, bodies_file: Path, rate: float, duration: float, senten
     time between an answer and the next request, so arrivals are near Poisson and the load
     barely depends on the server's latency while that is short next to the think time. The
     mean think time is 0.5 s (from 2 to 512 connections): long enough for that, and short next to
-    uvicorn's 5 s keep-alive, which closes idle connections (wrk counts those as read errors)."""
+    the server's keep-alive (NER_KEEP_ALIVE_S), which closes idle connections (wrk counts those as
+    read errors)."""
     connections = min(512, max(2, math.ceil(rate / 2)))
     duration = min(3 * duration, max(duration, 300 / rate))  # at low rates, more time for enough requests for a p99
     point = load(url, bodies_file, connections, duration, sentences, characters, think_ms=connections / rate * 1000)

@@ -151,6 +151,23 @@ def accuracy_table(folder: Path) -> list[str]:
     return lines + [""] if len(lines) > 2 else []
 
 
+def viterbi_table(folder: Path) -> list[str]:
+    """bench.viterbi: the whole tagger with each Viterbi decoder, chars/s by batch size."""
+    data = read(folder / "viterbi.json")
+    if not data:
+        return []
+    rates = data["chars_per_second"]
+    sizes = list(next(iter(rates.values())))
+    lines = [
+        f"Viterbi decoders in the whole tagger (seg+pos+ner, {data['precision']}, {data['sentences']} msra-test sentences, {data['device']}; `python -m bench.viterbi`), chars/s:",
+        "",
+        "| decoder | " + " | ".join(f"batch {size}" for size in sizes) + " |",
+        "| --- |" + " --- |" * len(sizes),
+    ]
+    lines += [f"| {name} | " + " | ".join(f"{by_size[size]:,.0f}" for size in sizes) + " |" for name, by_size in rates.items()]
+    return lines + ["", f"Sentences whose answers differ between the decoders: {data['sentences_with_different_answers']}.", ""]
+
+
 def gpu_section(results: Path) -> list[str]:
     """The figures of bench/gpu.sh, if it was run (results in RESULTS/gpu); plots beside them."""
     folder = results / "gpu"
@@ -164,6 +181,7 @@ def gpu_section(results: Path) -> list[str]:
     lines += accuracy_table(folder)
     for data in inprocess:
         lines += inprocess_table(data)
+    lines += viterbi_table(folder)
     for data in http:
         lines += http_table(data, next((i for i in inprocess if i["precision"] == data["precision"]), None))
     lines += ["![GPU throughput](gpu_throughput_vs_batch.png) ![GPU latency](gpu_latency_vs_concurrency.png)", ""]

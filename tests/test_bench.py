@@ -67,13 +67,15 @@ def test_gpu_script_and_report_on_the_cpu(tiny_bundle, tmp_path):
     """bench/gpu.sh's accuracy and in-process steps, tried out on the CPU on a few sentences,
     then the GPU section of the report built from what they wrote."""
     results = tmp_path / "results"
-    env = {**os.environ, "PYTHON": sys.executable, "MODEL": str(tiny_bundle), "RESULTS": str(results / "gpu"), "DEVICE": "cpu", "STEPS": "eval inprocess", "SAMPLE": "20", "LIMIT": "20"}
+    env = {**os.environ, "PYTHON": sys.executable, "MODEL": str(tiny_bundle), "RESULTS": str(results / "gpu"), "DEVICE": "cpu", "STEPS": "eval inprocess viterbi", "SAMPLE": "20", "LIMIT": "20"}
     subprocess.run(["bash", "bench/gpu.sh"], cwd=ROOT, env=env, check=True, capture_output=True)
     fp16 = json.loads((results / "gpu" / "inprocess-fp16.json").read_text())
     assert fp16["precision"] == "fp16" and {f["batch_size"] for f in fp16["ours"].values()} == {32, 128, 512, 2048}
+    decoders = json.loads((results / "gpu" / "viterbi.json").read_text())
+    assert decoders["sentences_with_different_answers"] == 0 and len(decoders["chars_per_second"]) == 2
     subprocess.run([sys.executable, "-m", "bench.report", "--results", str(results)], cwd=ROOT, check=True, capture_output=True)
     markdown = (results / "RESULTS.md").read_text(encoding="utf-8")
-    assert "## GPU" in markdown
+    assert "## GPU" in markdown and "| loop on every device |" in markdown
     assert sum(line.startswith(("| fp32 | 0.", "| fp16 | 0.")) for line in markdown.splitlines()) == 2  # the accuracy rows
     assert (results / "gpu_throughput_vs_batch.png").stat().st_size > 0
 
