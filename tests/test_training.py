@@ -12,7 +12,7 @@ from model.artifact import build_network, load_bundle
 from model.tagger import Tagger
 from tests.conftest import ROOT, write_lac
 from training.config import TrainConfig
-from training.train import train
+from training.train import dev_figures, train
 
 WEIGHT = "rnn.weight_hh_l0"
 
@@ -69,6 +69,38 @@ def test_a_corpus_on_its_own_head_leaves_the_bundle_with_the_served_head_alone(t
     build_network(metadata).load_state_dict(network.state_dict())  # the served shape, strictly
     [result] = Tagger.load(tmp_path / "bundle", "cpu").tag(["李明在北京大学工作。"])
     assert "".join(t.text for t in result.tokens) == "李明在北京大学工作。"
+
+
+def test_fine_tuning_starts_from_the_bundle_and_keeps_it_unless_an_epoch_beats_it(tiny_bundle: Path, tmp_path: Path) -> None:
+    """init_from: the bundle's vocabularies, labels, network settings and weights; epoch 0 is the
+    bundle as it came, scored on dev, and it stays the selection unless a fine-tuned epoch is better."""
+    start, start_metadata = load_bundle(tiny_bundle)
+    config = TrainConfig.from_toml(ROOT / "training" / "configs" / "tiny.toml")
+    config = config.model_copy(update={"init_from": str(tiny_bundle), "ner_train": ["msra-train", "resume-train"], "network": config.network.__class__(hidden_size=8)})
+    # no epoch: the bundle comes back as it was, with its vocabularies and its network settings
+    report = train(config.model_copy(update={"epochs": 0}), tmp_path / "as-it-was", progress=False)
+    assert [entry["epoch"] for entry in report["history"]] == [0] and report["best_epoch"] == 0
+    same, metadata = load_bundle(tmp_path / "as-it-was")
+    assert metadata.vocab == start_metadata.vocab and metadata.labels == start_metadata.labels
+    assert metadata.config["network"] == start_metadata.config["network"]  # not the config's hidden_size 8
+    assert all(torch.equal(same.state_dict()[name], weight) for name, weight in start.state_dict().items())
+    # two epochs: the selection is the best of the bundle and the fine-tuned epochs
+    report = train(config.model_copy(update={"epochs": 2}), tmp_path / "tuned", progress=False)
+    figures = [entry["dev_mean_f1"] for entry in report["history"]]
+    assert [entry["epoch"] for entry in report["history"]] == [0, 1, 2]
+    assert report["best_epoch"] == figures.index(max(figures))
+    assert figures[0] == pytest.approx(dev_figures(start_metadata.evaluation["dev"]))  # the bundle's own weights were scored
+    [result] = Tagger.load(tmp_path / "tuned", "cpu").tag(["李明在北京大学工作。"])
+    assert "".join(t.text for t in result.tokens) == "李明在北京大学工作。"
+
+
+def test_fine_tuning_on_an_entity_type_the_bundle_lacks_is_an_error(tiny_bundle: Path, tmp_path: Path) -> None:
+    config = TrainConfig.from_toml(ROOT / "training" / "configs" / "tiny.toml")
+    corpus = tmp_path / "products.char.bmes"
+    corpus.write_text("小 B-PRODUCT\n米 E-PRODUCT\n好 O\n\n", encoding="utf-8")
+    config = config.model_copy(update={"init_from": str(tiny_bundle), "ner_train": [str(corpus)], "ner_dev": ["msra-dev"]})
+    with pytest.raises(ValueError, match="entity PRODUCT"):
+        train(config, tmp_path / "tuned", progress=False)
 
 
 def test_unknown_corpus_in_ner_head_of_is_an_error(tmp_path: Path) -> None:

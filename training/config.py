@@ -34,6 +34,10 @@ class TrainConfig(BaseModel):
     # The BiLSTM and both tables from forward and backward character language models (`python -m
     # training.lm`), fine-tuned from there; applied after lac_source and bigram_vectors.
     encoder_init: str = ""
+    # Fine-tuning: a bundle whose vocabularies, labels, network settings and weights the run starts
+    # from (the pretrained options above are then not used); dev selection starts from its figures,
+    # so the run keeps the bundle's own weights unless an epoch beats them.
+    init_from: str = ""
     pretrained_own_scale: bool = False  # copy pretrained vectors as they are, not scaled to network.embedding_init_std
     limit_train: int = 0  # sentences per corpus, 0 = all (tiny runs in tests)
     limit_dev: int = 0

@@ -26,10 +26,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from model.artifact import BundleMetadata, CorpusUse, Labels, TrainingRecord, Vocabularies, build_network, save_bundle
+from model.artifact import BundleMetadata, CorpusUse, Labels, TrainingRecord, Vocabularies, build_network, load_bundle, save_bundle
 from model.features import Batch, Featuriser
 from model.lexicon import Lexicon
-from model.network import TaggerNetwork
+from model.network import NetworkConfig, TaggerNetwork
 from model.schemes import make_labels
 from model.tagger import TASKS, Tagger
 from model.text import atomise
@@ -123,6 +123,32 @@ def dev_figures(report: dict) -> float:
     return sum(values) / len(values)
 
 
+def epoch_entry(epoch: int, loss_per_char: float, report: dict, seconds: float, started: float) -> dict:
+    """One line of the training history (stderr, report.json, the curve)."""
+    return {
+        "epoch": epoch,
+        "train_loss_per_char": loss_per_char,
+        "dev": {task: report[task]["f1"] for task in TASKS if task in report},
+        "dev_ner_by_corpus": {name: figures["f1"] for name, figures in report["ner_by_corpus"].items()},
+        "dev_mean_f1": dev_figures(report),
+        "seconds": seconds,
+        "elapsed_minutes": (time.time() - started) / 60,
+    }
+
+
+def fine_tuning_inputs(config: TrainConfig, start: BundleMetadata, pos_types: list[str], ner_types: list[str]) -> tuple[Vocab, Vocab, Vocab | None, dict]:
+    """The vocabularies and labels of the bundle a fine-tuning run starts from (its weights are
+    indexed by them); its network settings replace the config's. Training data with a POS or
+    entity type the bundle has no label for is an error: that label would have no weights."""
+    labels = start.labels.model_dump()
+    new_types = sorted({f"POS {t}" for t in pos_types if f"B-{t}" not in labels["pos"]} | {f"entity {t}" for t in ner_types if f"B-{t}" not in labels["ner"]})
+    if new_types:
+        raise ValueError(f"{config.init_from}: the training data has types the bundle has no labels for ({', '.join(new_types)}); train from scratch instead")
+    config.network = NetworkConfig(**start.config["network"])
+    words = Vocab.from_json(start.vocab.words) if start.vocab.words else None
+    return Vocab.from_json(start.vocab.chars), Vocab.from_json(start.vocab.bigrams), words, labels
+
+
 def train(config: TrainConfig, out: Path, progress: bool = True) -> dict:
     started = time.time()
     commit = git_commit()  # the code this process runs, not what is checked out when it ends
@@ -142,12 +168,16 @@ def train(config: TrainConfig, out: Path, progress: bool = True) -> dict:
     ner_dev = {name: limited(load_corpus(name, data=data), config.limit_dev) for name in config.ner_dev}
 
     model_texts = [atomise(e.text).model_text for e in pd98_train + ner_train]
-    char_vocab, bigram_vocab = vocabularies(config, model_texts)
     pos_types = sorted({w[2] for e in pd98_train for w in e.words})
     ner_types = sorted({s[2] for e in ner_train for s in e.entities})
-    labels = {"seg": make_labels(None, False), "pos": make_labels(pos_types, False), "ner": make_labels(ner_types, True)}
     lexicon = Lexicon()
-    word_vocab = Vocab.build(lexicon.matched_words(model_texts), config.word_min_count) if config.network.word_dim > 0 else None
+    if config.init_from:
+        start_network, start = load_bundle(config.init_from)
+        char_vocab, bigram_vocab, word_vocab, labels = fine_tuning_inputs(config, start, pos_types, ner_types)
+    else:
+        char_vocab, bigram_vocab = vocabularies(config, model_texts)
+        labels = {"seg": make_labels(None, False), "pos": make_labels(pos_types, False), "ner": make_labels(ner_types, True)}
+        word_vocab = Vocab.build(lexicon.matched_words(model_texts), config.word_min_count) if config.network.word_dim > 0 else None
     featuriser = Featuriser(char_vocab, bigram_vocab, lexicon, word_vocab)
     if word_vocab is not None:
         print(f"words {len(word_vocab)}", file=sys.stderr)
@@ -165,7 +195,14 @@ def train(config: TrainConfig, out: Path, progress: bool = True) -> dict:
     num_words = len(word_vocab) if word_vocab else 0
     aux_heads = max(config.ner_head_of.values(), default=0)
     network = TaggerNetwork(config.network, len(char_vocab), len(bigram_vocab), Lexicon.size, labels["seg"], labels["pos"], labels["ner"], num_words, aux_heads)
-    pretrained = initialise_tables(network, config, char_vocab, bigram_vocab)
+    if config.init_from:
+        # the bundle holds no training-only NER heads: those of this run's ner_head_of start fresh
+        missing, unexpected = network.load_state_dict(start_network.state_dict(), strict=False)
+        if unexpected or any(not name.startswith("aux_ner_") for name in missing):
+            raise ValueError(f"{config.init_from}: its weights do not fit this network (missing {missing}, unexpected {unexpected})")
+        pretrained = dict(start.pretrained)  # where the tables first came from; config.init_from says the rest
+    else:
+        pretrained = initialise_tables(network, config, char_vocab, bigram_vocab)
     if config.encoder_init:
         pretrained["encoder"] = initialise_encoder(network, config.encoder_init, char_vocab, bigram_vocab)
     network = network.to(device)
@@ -212,6 +249,11 @@ def train(config: TrainConfig, out: Path, progress: bool = True) -> dict:
 
     rng = random.Random(config.seed)
     history, best, best_score, best_epoch, stale = [], None, -math.inf, 0, 0
+    if config.init_from:  # epoch 0: the bundle as it came, the figure an epoch must beat
+        best_report = evaluate_dev()
+        best, best_score = copy.deepcopy(kept.state_dict()), dev_figures(best_report)
+        history.append(epoch_entry(0, 0.0, best_report, 0.0, started))
+        print(json.dumps(history[-1]), file=sys.stderr, flush=True)
     budget = config.time_budget_minutes * 60 if config.time_budget_minutes else math.inf
     for epoch in range(1, config.epochs + 1):
         network.train()
@@ -236,17 +278,8 @@ def train(config: TrainConfig, out: Path, progress: bool = True) -> dict:
         optimiser.end_epoch()
         report = evaluate_dev()
         dev_score = dev_figures(report)
-        entry = {
-            "epoch": epoch,
-            "train_loss_per_char": total_loss / max(total_chars, 1),
-            "dev": {task: report[task]["f1"] for task in TASKS if task in report},
-            "dev_ner_by_corpus": {name: figures["f1"] for name, figures in report["ner_by_corpus"].items()},
-            "dev_mean_f1": dev_score,
-            "seconds": time.time() - epoch_start,
-            "elapsed_minutes": (time.time() - started) / 60,
-        }
-        history.append(entry)
-        print(json.dumps(entry), file=sys.stderr, flush=True)
+        history.append(epoch_entry(epoch, total_loss / max(total_chars, 1), report, time.time() - epoch_start, started))
+        print(json.dumps(history[-1]), file=sys.stderr, flush=True)
         if dev_score > best_score:
             best, best_score, best_epoch, stale = copy.deepcopy(kept.state_dict()), dev_score, epoch, 0
             best_report = report
