@@ -76,6 +76,8 @@ class TrainingRecord(BaseModel):
     git_commit: str
     seed: int
     finished: str  # UTC, ISO 8601
+    # A fine-tuning run (training.config's init_from): how the bundle it started from was trained.
+    started_from: TrainingRecord | None = None
 
 
 class ModelDescription(BaseModel):

@@ -83,6 +83,7 @@ def test_fine_tuning_starts_from_the_bundle_and_keeps_it_unless_an_epoch_beats_i
     same, metadata = load_bundle(tmp_path / "as-it-was")
     assert metadata.vocab == start_metadata.vocab and metadata.labels == start_metadata.labels
     assert metadata.config["network"] == start_metadata.config["network"]  # not the config's hidden_size 8
+    assert metadata.training.started_from == start_metadata.training
     assert all(torch.equal(same.state_dict()[name], weight) for name, weight in start.state_dict().items())
     # two epochs: the selection is the best of the bundle and the fine-tuned epochs
     report = train(config.model_copy(update={"epochs": 2}), tmp_path / "tuned", progress=False)

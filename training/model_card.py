@@ -112,6 +112,12 @@ def render_card(metadata: BundleMetadata) -> str:
         f"- torch {training.torch}, git commit `{training.git_commit}`, finished {training.finished}",
         f"- config: `training/configs/{metadata.name}.toml`",
     ]
+    if training.started_from is not None:
+        base = training.started_from
+        lines.append(
+            f"- fine-tuned from the bundle `{config['init_from']}`, itself trained {base.minutes:.1f} minutes, {base.epochs_run} epochs (best: epoch {base.best_epoch}), "
+            f"seed {base.seed}, on {base.hardware} (torch {base.torch}, git commit `{base.git_commit}`, finished {base.finished}): {base.minutes + training.minutes:.1f} minutes in all"
+        )
     if config.get("ema_decay"):
         lines.append(f"- weights: exponential moving average of the training weights (decay {config['ema_decay']} per batch), for dev selection and in the bundle")
     lines += [

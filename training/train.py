@@ -300,6 +300,7 @@ def train(config: TrainConfig, out: Path, progress: bool = True) -> dict:
         git_commit=commit,
         seed=config.seed,
         finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        started_from=start.training if config.init_from else None,
     )
     metadata.evaluation = {"dev": best_report}
     exported.load_state_dict(network.cpu().state_dict())
