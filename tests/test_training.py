@@ -89,6 +89,7 @@ def test_fine_tuning_starts_from_the_bundle_and_keeps_it_unless_an_epoch_beats_i
     report = train(config.model_copy(update={"epochs": 2}), tmp_path / "tuned", progress=False)
     figures = [entry["dev_mean_f1"] for entry in report["history"]]
     assert [entry["epoch"] for entry in report["history"]] == [0, 1, 2]
+    assert report["training"]["epochs_run"] == 2
     assert report["best_epoch"] == figures.index(max(figures))
     assert figures[0] == pytest.approx(dev_figures(start_metadata.evaluation["dev"]))  # the bundle's own weights were scored
     [result] = Tagger.load(tmp_path / "tuned", "cpu").tag(["李明在北京大学工作。"])
