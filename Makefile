@@ -30,7 +30,14 @@ serve: venv
 test: venv
 	$(BIN)/pytest -q
 
+# The default model is the base model (training/configs/base.toml) fine-tuned by default.toml,
+# whose init_from names runs/base: `make train` trains both, one after the other.
+BASE_BUNDLE := runs/base
+
 train: venv lac pretrain
+ifeq ($(CONFIG),training/configs/default.toml)
+	$(BIN)/python -m training.train --config training/configs/base.toml --out $(BASE_BUNDLE)
+endif
 	$(BIN)/python -m training.train --config $(CONFIG)
 
 lac: $(LAC_SDIST)

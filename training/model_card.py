@@ -155,7 +155,8 @@ def render_card(metadata: BundleMetadata) -> str:
         "## Reproduce",
         "",
         "```",
-        f"make train        # make lac pretrain, then python -m training.train --config training/configs/{metadata.name}.toml",
+        f"make train        # make lac pretrain, then python -m training.train --config training/configs/{metadata.name}.toml"
+        + (" (the Makefile first trains training/configs/base.toml, the base model this config fine-tunes)" if training.started_from is not None else ""),
         f"python -m training.model_card --model model/artifacts/{metadata.name}",
         *(f"python -m training.evaluate --model model/artifacts/{metadata.name} --corpus {corpus}" for corpus in (*NER_TEST, SEG_TEST)),
         "```",
