@@ -167,7 +167,6 @@ def train(config: TrainConfig, out: Path, progress: bool = True) -> dict:
     pd98_dev = limited(load_corpus(config.pd98_dev), config.limit_dev)
     ner_dev = {name: limited(load_corpus(name, data=data), config.limit_dev) for name in config.ner_dev}
 
-    model_texts = [atomise(e.text).model_text for e in pd98_train + ner_train]
     pos_types = sorted({w[2] for e in pd98_train for w in e.words})
     ner_types = sorted({s[2] for e in ner_train for s in e.entities})
     lexicon = Lexicon()
@@ -175,6 +174,7 @@ def train(config: TrainConfig, out: Path, progress: bool = True) -> dict:
         start_network, start = load_bundle(config.init_from)
         char_vocab, bigram_vocab, word_vocab, labels = fine_tuning_inputs(config, start, pos_types, ner_types)
     else:
+        model_texts = [atomise(e.text).model_text for e in pd98_train + ner_train]
         char_vocab, bigram_vocab = vocabularies(config, model_texts)
         labels = {"seg": make_labels(None, False), "pos": make_labels(pos_types, False), "ner": make_labels(ner_types, True)}
         word_vocab = Vocab.build(lexicon.matched_words(model_texts), config.word_min_count) if config.network.word_dim > 0 else None
