@@ -120,16 +120,20 @@ class Batcher:
 
     # -- requests (event loop) -------------------------------------------------
 
-    async def submit(self, chunks: Sequence[Chunk], tasks: Sequence[str], fault: bool = False) -> list[ChunkSpans]:
-        """Labels for `chunks`, in order. Raises TooManySentences, QueueFull, QueueTimeout,
-        BatchFailed, NotAccepting."""
+    def submit(self, chunks: Sequence[Chunk], tasks: Sequence[str], fault: bool = False) -> asyncio.Future[list[ChunkSpans]]:
+        """A future of the labels for `chunks`, in order. Raises TooManySentences, QueueFull and
+        NotAccepting at once; the future raises QueueTimeout or BatchFailed. Cancelling it (the
+        client left) cancels the sentences still queued. A future rather than a coroutine: the
+        route awaits it without wrapping it in a task of its own."""
+        loop = asyncio.get_running_loop()
         if not chunks:
-            return []
+            nothing: asyncio.Future[list[ChunkSpans]] = loop.create_future()
+            nothing.set_result([])
+            return nothing
         if len(chunks) > self.settings.queue_capacity:
             raise TooManySentences(len(chunks))
         if not self._accepting:
             raise NotAccepting()
-        loop = asyncio.get_running_loop()
         items = [_Item(chunk, tuple(tasks), loop.create_future(), fault=fault) for chunk in chunks]
         with self._changed:
             if self._queued + len(items) > self.settings.queue_capacity:
@@ -139,13 +143,16 @@ class Batcher:
             depth = self._queued
             self._changed.notify()
         metrics.QUEUE_DEPTH.set(depth)
-        try:
-            return list(await asyncio.gather(*(item.future for item in items)))
-        except BaseException:
-            # Client gone or one chunk failed: the thread skips the rest (cancelled futures).
-            for item in items:
-                item.future.cancel()
-            raise
+        labels = asyncio.gather(*(item.future for item in items))
+
+        def skip_the_rest(labels: asyncio.Future) -> None:
+            # One chunk failed (cancelling `labels` cancels every chunk itself): the thread skips the rest.
+            if not labels.cancelled() and labels.exception() is not None:
+                for item in items:
+                    item.future.cancel()
+
+        labels.add_done_callback(skip_the_rest)
+        return labels
 
     # -- the loop (inference thread) -------------------------------------------
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
-import uuid
 from collections.abc import Awaitable
 from typing import TypeVar
 
@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from app import metrics
 from app.batcher import BatchFailed, NotAccepting, QueueFull, QueueTimeout, TooManySentences, wants_fault
-from app.deps import RETRY_AFTER_SECONDS, ReadyTagger, State
+from app.deps import RETRY_AFTER_SECONDS, State, ready_tagger, service_state
 from app.errors import error
 from app.schemas import ErrorOut, TagRequest, TagResponse
 from model.artifact import read_metadata
@@ -36,7 +36,9 @@ REQUEST_ID = re.compile(r"[\w.-]{1,64}")  # a client's X-Request-ID is logged on
 
 
 @router.post("/tag", response_model=TagResponse, summary="Segment, POS-tag and find entities")
-async def tag(body: TagRequest, request: Request, tagger: ReadyTagger, state: State) -> Response:
+async def tag(body: TagRequest, request: Request) -> Response:
+    state = await service_state(request)
+    tagger = ready_tagger(state)
     settings = state.settings
     texts = body.all_texts()
     if len(texts) > settings.max_texts:
@@ -84,7 +86,7 @@ async def tag(body: TagRequest, request: Request, tagger: ReadyTagger, state: St
         log.info("tagged %s", texts)
     payload = {"model": {"name": tagger.name, "version": tagger.version}, "results": results}
     supplied_id = request.headers.get("x-request-id", "")
-    request_id = supplied_id if REQUEST_ID.fullmatch(supplied_id) else uuid.uuid4().hex[:16]
+    request_id = supplied_id if REQUEST_ID.fullmatch(supplied_id) else os.urandom(8).hex()
     # Sizes and ids only: texts stay out of the log unless NER_LOG_TEXTS is on (privacy).
     if settings.access_log:
         log.info("tag %s: %d texts, %d characters, %d sentences", request_id, len(texts), sum(len(t) for t in texts), len(chunks))
@@ -154,7 +156,7 @@ async def unless_client_leaves(request: Request, work: Awaitable[T]) -> T:
         while (await request.receive())["type"] != "http.disconnect":
             pass
 
-    work_task = asyncio.ensure_future(work)
+    work_task = asyncio.ensure_future(work)  # Batcher.submit's future as it is
     watcher = asyncio.ensure_future(client_gone())
     try:
         await asyncio.wait({work_task, watcher}, return_when=asyncio.FIRST_COMPLETED)
