@@ -30,13 +30,14 @@ serve: venv
 test: venv
 	$(BIN)/pytest -q
 
-# The default model is the base model (training/configs/base.toml) fine-tuned by default.toml,
-# whose init_from names runs/base: `make train` trains both, one after the other.
-BASE_BUNDLE := runs/base
+# The default model is trained in three stages, each config's init_from naming the bundle of the
+# stage before: base.toml (runs/base), msra-resume-twice.toml (runs/msra-resume-twice), then
+# default.toml. `make train` trains all three, one after the other.
+FINE_TUNING_STAGES := base msra-resume-twice
 
 train: venv lac pretrain
 ifeq ($(CONFIG),training/configs/default.toml)
-	$(BIN)/python -m training.train --config training/configs/base.toml --out $(BASE_BUNDLE)
+	$(foreach stage,$(FINE_TUNING_STAGES),$(BIN)/python -m training.train --config training/configs/$(stage).toml --out runs/$(stage) &&) true
 endif
 	$(BIN)/python -m training.train --config $(CONFIG)
 

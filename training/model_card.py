@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from model.artifact import BundleMetadata, read_metadata
+from model.artifact import BundleMetadata, TrainingRecord, read_metadata
 from model.tagger import TASKS, Tagger
 from training.corpora import corpus_info, load_corpus
 from training.evaluate import evaluate, sample, training_words
@@ -72,6 +72,15 @@ def f(value: float) -> str:
     return f"{value:.4f}"
 
 
+def earlier_stages(training: TrainingRecord) -> list[TrainingRecord]:
+    """How the bundles a fine-tuned model started from were trained, latest first."""
+    stages = []
+    while training.started_from is not None:
+        training = training.started_from
+        stages.append(training)
+    return stages
+
+
 def render_card(metadata: BundleMetadata) -> str:
     evaluation = metadata.evaluation
     training = metadata.training
@@ -112,11 +121,16 @@ def render_card(metadata: BundleMetadata) -> str:
         f"- torch {training.torch}, git commit `{training.git_commit}`, finished {training.finished}",
         f"- config: `training/configs/{metadata.name}.toml`",
     ]
-    if training.started_from is not None:
-        base = training.started_from
+    stages = earlier_stages(training)
+    if stages:
         lines.append(
-            f"- fine-tuned from the bundle `{config['init_from']}`, itself trained {base.minutes:.1f} minutes, {base.epochs_run} epochs (best: epoch {base.best_epoch}), "
-            f"seed {base.seed}, on {base.hardware} (torch {base.torch}, git commit `{base.git_commit}`, finished {base.finished}): {base.minutes + training.minutes:.1f} minutes in all"
+            f"- fine-tuned from the bundle `{config['init_from']}`; the stages before, latest first: "
+            + "; ".join(
+                f"{stage.minutes:.1f} minutes, {stage.epochs_run} epochs (best: epoch {stage.best_epoch}), seed {stage.seed}, on {stage.hardware} "
+                f"(torch {stage.torch}, git commit `{stage.git_commit}`, finished {stage.finished})"
+                for stage in stages
+            )
+            + f"; {training.minutes + sum(stage.minutes for stage in stages):.1f} minutes in all"
         )
     if config.get("ema_decay"):
         lines.append(f"- weights: exponential moving average of the training weights (decay {config['ema_decay']} per batch), for dev selection and in the bundle")
@@ -156,7 +170,7 @@ def render_card(metadata: BundleMetadata) -> str:
         "",
         "```",
         f"make train        # make lac pretrain, then python -m training.train --config training/configs/{metadata.name}.toml"
-        + (" (the Makefile first trains training/configs/base.toml, the base model this config fine-tunes)" if training.started_from is not None else ""),
+        + (f" (the Makefile first trains the {len(stages)} stage(s) it starts from, FINE_TUNING_STAGES)" if stages else ""),
         f"python -m training.model_card --model model/artifacts/{metadata.name}",
         *(f"python -m training.evaluate --model model/artifacts/{metadata.name} --corpus {corpus}" for corpus in (*NER_TEST, SEG_TEST)),
         "```",
