@@ -2,6 +2,7 @@
 
     python -m bench.http_load [--duration 10] [--concurrency 1,8,64,256] [--out bench/results/http.json]
     python -m bench.http_load --device cuda --precision fp16 --servers on,off --out bench/results/gpu-http.json
+    python -m bench.http_load --device cuda --servers on --workers 4 --concurrency 64   # several workers sharing one GPU
 
 For each server configuration (dynamic batching on, then off = max batch size 1, then
 on with two uvicorn workers) `ner-serve` is started on a free port; for each request
@@ -155,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="the server's NER_DEVICE")
     parser.add_argument("--precision", default="int8", choices=list(PRECISIONS), help="the server's NER_PRECISION")
     parser.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE", help="another NER_* setting for every server")
+    parser.add_argument("--workers", type=int, default=1, help="uvicorn workers of the 'on' and 'off' servers (on a GPU they share it)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
     levels = [int(c) for c in args.concurrency.split(",")]
@@ -173,10 +175,12 @@ def main(argv: list[str] | None = None) -> int:
         path.write_text("\n".join(json.dumps({"texts": g}, ensure_ascii=False) for g in groups) + "\n", encoding="utf-8")
         shapes[per_request] = (path, sum(len(t) for g in groups for t in g) / len(groups))
 
-    report: dict = {"duration_per_point_s": args.duration, "device": args.device, "precision": args.precision, "server_env": common_env, "runs": [], "half_peak": []}
+    report: dict = {"duration_per_point_s": args.duration, "device": args.device, "precision": args.precision, "server_env": common_env, "workers": args.workers, "runs": [], "half_peak": []}
     for key in servers:
         env, workers, request_shapes = SERVERS[key]
         name = SERVER_NAMES[key]
+        if key in ("on", "off") and args.workers > 1:
+            workers, name = args.workers, f"{name}, {args.workers} workers"
         with server(args.model, {**common_env, **env}, workdir / "server.log", workers) as (process, url), peak_rss_mb(worker_pids(process)) as peaks:
             load(url, shapes[1][0], 4, 2.0, 1, shapes[1][1])  # warm-up
             for per_request in request_shapes:
@@ -208,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     def figure(name: str, per_request: int, concurrency: int) -> float:
         return next(r["chars_per_second"] for r in report["runs"] if (r["server"], r["sentences_per_request"], r["concurrency"]) == (name, per_request, concurrency))
 
-    if 64 in levels and {"on", "off"} <= set(servers):
+    if 64 in levels and {"on", "off"} <= set(servers) and args.workers == 1:
         report["batching_ratio_c64"] = figure("batching on", 1, 64) / figure("batching off", 1, 64)
         print(f"batching on / off at concurrency 64, 1 sentence per request: {report['batching_ratio_c64']:.2f}x", file=sys.stderr)
     print(f"server RSS after the benchmark, at rest: {report['server_rss_mb']}; largest while under load: {report['server_peak_rss_mb']}", file=sys.stderr)

@@ -141,14 +141,32 @@ def read(path: Path) -> dict | None:
 
 
 def accuracy_table(folder: Path) -> list[str]:
-    """Test-split F1 of each precision that bench/gpu.sh evaluated."""
-    lines = ["| precision | NER F1 (msra-test) | seg F1 (pd98-test) | OOV recall | POS F1 (pd98-test) |", "| --- | --- | --- | --- | --- |"]
+    """Test-split F1 of each precision that bench/gpu.sh evaluated (NER on every test corpus it found)."""
+    ner_corpora = [corpus for corpus in ("msra-test", "cluener-test", "resume-test") if (folder / f"eval-{corpus}-fp32.json").is_file()]
+    lines = [
+        "| precision | " + " | ".join(f"NER F1 ({corpus})" for corpus in ner_corpora) + " | seg F1 (pd98-test) | OOV recall | POS F1 (pd98-test) |",
+        "| --- |" + " --- |" * (len(ner_corpora) + 3),
+    ]
     for precision in ("fp32", "fp16"):
-        ner, words = read(folder / f"eval-msra-test-{precision}.json"), read(folder / f"eval-pd98-test-{precision}.json")
-        if ner and words:
+        ner = [read(folder / f"eval-{corpus}-{precision}.json") for corpus in ner_corpora]
+        words = read(folder / f"eval-pd98-test-{precision}.json")
+        if ner and all(ner) and words:
             seg, pos = words["model"]["seg"], words["model"]["pos"]
-            lines.append(f"| {precision} | {ner['model']['ner']['f1']:.4f} | {seg['f1']:.4f} | {seg['oov_recall']:.4f} | {pos['f1']:.4f} |")
+            entities = " | ".join(f"{data['model']['ner']['f1']:.4f}" for data in ner)
+            lines.append(f"| {precision} | {entities} | {seg['f1']:.4f} | {seg['oov_recall']:.4f} | {pos['f1']:.4f} |")
     return lines + [""] if len(lines) > 2 else []
+
+
+def same_answer_lines(folder: Path) -> list[str]:
+    """bench.same_answer on the GPU: answers under 64-client load that differ from the same text alone."""
+    lines = []
+    for precision in ("fp32", "fp16"):
+        if data := read(folder / f"same-answer-{precision}.json"):
+            lines.append(
+                f"- {precision}: {data['differing']} of {data['answers']} answers under {data['clients']}-client load differ from the same text alone "
+                f"(`python -m bench.same_answer --rounds {len(data['rounds'])}` with {', '.join(f'{k}={v}' for k, v in data['server_env'].items())})."
+            )
+    return ["The same text, the same answer, on the GPU:", "", *lines, ""] if lines else []
 
 
 def viterbi_table(folder: Path) -> list[str]:
@@ -172,8 +190,11 @@ def gpu_section(results: Path) -> list[str]:
     """The figures of bench/gpu.sh, if it was run (results in RESULTS/gpu); plots beside them."""
     folder = results / "gpu"
     inprocess = [data for name in ("inprocess-fp32.json", "inprocess-fp16.json") if (data := read(folder / name))]
-    # the server defaults first, then larger batches in fp32, then in fp16
-    http = sorted((read(path) for path in folder.glob("http-*.json")), key=lambda data: (len(data.get("server_env", {})), data["precision"] == "fp16"))
+    # the server defaults first, then larger batches in fp32, then in fp16, then several workers
+    http = sorted(
+        (read(path) for path in folder.glob("http-*.json")),
+        key=lambda data: (len(data.get("server_env", {})), data.get("workers", 1) > 1, data["precision"] == "fp16"),
+    )
     if not inprocess and not http:
         return []
     card = (folder / "card.txt").read_text(encoding="utf-8").strip().replace("\n", "; ") if (folder / "card.txt").is_file() else "unknown"
@@ -181,7 +202,11 @@ def gpu_section(results: Path) -> list[str]:
     lines += accuracy_table(folder)
     for data in inprocess:
         lines += inprocess_table(data)
+    for precision in ("fp32", "fp16"):
+        if stages := read(folder / f"stages-{precision}.json"):
+            lines += stages_table(stages, level="###")
     lines += viterbi_table(folder)
+    lines += same_answer_lines(folder)
     for data in http:
         lines += http_table(data, next((i for i in inprocess if i["precision"] == data["precision"]), None))
     lines += ["![GPU throughput](gpu_throughput_vs_batch.png) ![GPU latency](gpu_latency_vs_concurrency.png)", ""]
@@ -189,11 +214,13 @@ def gpu_section(results: Path) -> list[str]:
     return lines
 
 
-def stages_table(data: dict) -> list[str]:
+def stages_table(data: dict, level: str = "##") -> list[str]:
     """bench/stages.py: seconds per stage of the in-process pipeline, and HTTP against the bare framework."""
     characters = data["characters"]
+    device = data.get("device", "cpu")
+    on = "" if device == "cpu" else f" on {device}, the other stages on one CPU thread"
     lines = [
-        f"## Where the time goes ({data['precision']}, batches of {data['batch_size']}, {data['measured_at']}; python -m bench.stages --http)",
+        f"{level} Where the time goes ({data['precision']}{on}, batches of {data['batch_size']}, {data['measured_at']}; python -m bench.stages{' --http' if 'http' in data else ''})",
         "",
         "| stage | seconds | chars/s |",
         "| --- | --- | --- |",
@@ -203,7 +230,7 @@ def stages_table(data: dict) -> list[str]:
     if http := data.get("http"):
         best = http["best_requests_per_second"]
         lines += [
-            f"HTTP, one sentence per request, 64 connections: `ner-serve` (one worker, int8) {best['ner-serve']:,.0f} requests/s, a bare FastAPI "
+            f"HTTP, one sentence per request, 64 connections: `ner-serve` (one worker, {'int8' if device == 'cpu' else 'fp32 on ' + device}) {best['ner-serve']:,.0f} requests/s, a bare FastAPI "
             f"endpoint returning a fixed answer of the same size ({http['answer_bytes']} bytes) {best['bare']:,.0f}: **{http['ner_serve_over_bare']:.2f}x** (best of two interleaved rounds each).",
             "",
         ]

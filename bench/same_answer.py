@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sentences", type=int, default=500)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE", help="an NER_* setting for the server")
+    parser.add_argument("--json", type=Path, help="also write the rounds and settings here")
     args = parser.parse_args(argv)
     sentences = [example.text for example in load_corpus("msra-test")[: args.sentences]]
     env = dict(item.split("=", 1) for item in args.server_env)
@@ -58,7 +59,12 @@ def main(argv: list[str] | None = None) -> None:
             rounds.append({"answers": len(answers), "differing": len(differing), "examples": [sentences[i] for i in differing[:3]]})
             print(json.dumps(rounds[-1], ensure_ascii=False), flush=True)
     total = sum(r["answers"] for r in rounds)
-    print(f"{sum(r['differing'] for r in rounds)} of {total} answers under {CLIENTS}-client load differ from the same text alone ({env or 'default settings'})")
+    differing = sum(r["differing"] for r in rounds)
+    print(f"{differing} of {total} answers under {CLIENTS}-client load differ from the same text alone ({env or 'default settings'})")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        summary = {"server_env": env, "clients": CLIENTS, "sentences": len(sentences), "answers": total, "differing": differing, "rounds": rounds}
+        args.json.write_text(json.dumps(summary, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

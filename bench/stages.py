@@ -1,15 +1,18 @@
 """Where the time goes: the in-process pipeline stage by stage, and HTTP beside the framework's own limit.
 
     python -m bench.stages [--precision int8] [--batch-size 128] [--rounds 2] [--http] [--out bench/results/stages.json]
+    python -m bench.stages --device cuda --precision fp32 --batch-size 2048 --out bench/results/gpu/stages.json
 
 In-process (msra-test, one torch thread, batches of `--batch-size` chunks sorted by length as
 `Tagger.tag` forms them): `Tagger.prepare` (atoms, chunks), `Featuriser.batch` (ids,
 dictionary features, padding), the network with Viterbi (`Tagger.label_ids`), label ids to
 spans (`Tagger.chunk_spans`) and `Tagger.assemble` (offsets, tokens, entities).
 "everything but the network" is the sum of the other stages, in characters per second.
+On CUDA the network stage waits for the GPU to finish (torch.cuda.synchronize); copying
+the label ids back to the CPU counts in the decode stage.
 
 With `--http`: wrk at 64 connections, one sentence per request, against `ner-serve` (one
-worker, int8) and against a bare FastAPI endpoint on uvicorn that returns a fixed body of the
+worker, int8 on the CPU; with `--device cuda`, fp32 on the GPU) and against a bare FastAPI endpoint on uvicorn that returns a fixed body of the
 same size as `ner-serve`'s answer (bench/bare_app.py): the framework's own limit, so that
 the service's HTTP overhead reads as a ratio measured in the same run.
 """
@@ -32,6 +35,7 @@ import torch
 from bench.http_load import gauge, load, server
 from bench.processes import free_port, running, thread_cpu_seconds
 from bench.throughput import cpu_name
+from model.artifact import PRECISIONS
 from model.tagger import TASKS, Tagger
 from training.corpora import load_corpus
 
@@ -55,6 +59,8 @@ def time_stages(tagger: Tagger, texts: list[str], batch_size: int) -> dict[str, 
             batch = tagger.featuriser.batch([chunk.model_text for chunk in chunks])
         featurised = time.perf_counter()
         ids = tagger.label_ids(batch, chunks, TASKS)
+        if tagger.device.type == "cuda":
+            torch.cuda.synchronize()  # kernels run asynchronously: the network's time, not decode's
         networked = time.perf_counter()
         spans.update(zip(keys, tagger.chunk_spans(ids, chunks)))
         seconds["featurise"] += featurised - started
@@ -92,8 +98,9 @@ def where_the_cpu_goes(pid: int, url: str) -> Iterator[dict]:
     split["inference_seconds"] = inference
 
 
-def http_ratio(model: str, duration: float, workdir: Path, limit: int = 0) -> dict:
-    """Requests/s of ner-serve and of the bare endpoint, wrk c=64, one sentence per request."""
+def http_ratio(model: str, duration: float, workdir: Path, limit: int = 0, device: str = "cpu") -> dict:
+    """Requests/s of ner-serve (int8 on the CPU, fp32 on CUDA) and of the bare endpoint, wrk
+    c=64, one sentence per request."""
     sentences = [example.text for example in load_corpus("msra-test")][: limit or None]
     bodies = workdir / "bodies-1.jsonl"
     bodies.write_text("\n".join(json.dumps({"texts": [s]}, ensure_ascii=False) for s in sentences) + "\n", encoding="utf-8")
@@ -113,7 +120,7 @@ def http_ratio(model: str, duration: float, workdir: Path, limit: int = 0) -> di
                 load(f"http://127.0.0.1:{port}", bodies, 4, 2.0, 1, characters)  # warm-up
                 point = load(f"http://127.0.0.1:{port}", bodies, 64, duration, 1, characters)
         else:
-            with server(model, {"NER_PRECISION": "int8"}, workdir / "server.log") as (process, url):
+            with server(model, {"NER_DEVICE": device, "NER_PRECISION": "int8"}, workdir / "server.log") as (process, url):
                 load(url, bodies, 4, 2.0, 1, characters)
                 with where_the_cpu_goes(process.pid, url) as split:
                     point = load(url, bodies, 64, duration, 1, characters)
@@ -131,7 +138,8 @@ def http_ratio(model: str, duration: float, workdir: Path, limit: int = 0) -> di
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="model/artifacts/default")
-    parser.add_argument("--precision", default="int8", choices=["fp32", "int8"])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the network runs; the other stages run on one CPU thread")
+    parser.add_argument("--precision", default="int8", choices=list(PRECISIONS), help="int8 is CPU-only; fp16 is meant for CUDA")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--limit", type=int, default=0, help="the first N sentences (0 = all 5,000)")
     parser.add_argument("--rounds", type=int, default=2, help="the pipeline this many times; each stage's best round counts")
@@ -143,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     texts = [example.text for example in load_corpus("msra-test")][: args.limit or None]
     characters = sum(len(text) for text in texts)
-    tagger = Tagger.load(args.model, "cpu", precision=args.precision)
+    tagger = Tagger.load(args.model, args.device, precision=args.precision)
     tagger.tag(texts[:200])  # warm-up
     rounds = [time_stages(tagger, texts, args.batch_size) for _ in range(args.rounds)]
     best = {stage: min(r[stage] for r in rounds) for stage in STAGES}
@@ -154,7 +162,8 @@ def main(argv: list[str] | None = None) -> None:
     result = {
         "cpu": cpu_name(),
         "cores": os.cpu_count(),
-        "precision": args.precision,
+        "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
+        "precision": tagger.precision,
         "batch_size": args.batch_size,
         "texts": len(texts),
         "characters": characters,
@@ -166,7 +175,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     if args.http:
         with tempfile.TemporaryDirectory(prefix="bench-stages-") as folder:
-            result["http"] = http_ratio(args.model, args.duration, Path(folder), args.limit)
+            result["http"] = http_ratio(args.model, args.duration, Path(folder), args.limit, args.device)
         print(f"ner-serve ÷ bare framework, requests/s at c=64: {result['http']['ner_serve_over_bare']:.2f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")

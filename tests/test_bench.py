@@ -64,10 +64,10 @@ def test_stages_and_the_bare_framework_reference(tiny_bundle, tmp_path):
 
 
 def test_gpu_script_and_report_on_the_cpu(tiny_bundle, tmp_path):
-    """bench/gpu.sh's accuracy and in-process steps, tried out on the CPU on a few sentences,
+    """bench/gpu.sh's accuracy, in-process and stage steps, tried out on the CPU on a few sentences,
     then the GPU section of the report built from what they wrote."""
     results = tmp_path / "results"
-    env = {**os.environ, "PYTHON": sys.executable, "MODEL": str(tiny_bundle), "RESULTS": str(results / "gpu"), "DEVICE": "cpu", "STEPS": "eval inprocess viterbi", "SAMPLE": "20", "LIMIT": "20"}
+    env = {**os.environ, "PYTHON": sys.executable, "MODEL": str(tiny_bundle), "RESULTS": str(results / "gpu"), "DEVICE": "cpu", "STEPS": "eval inprocess stages viterbi", "SAMPLE": "20", "LIMIT": "20", "DURATION": "1"}
     subprocess.run(["bash", "bench/gpu.sh"], cwd=ROOT, env=env, check=True, capture_output=True)
     fp16 = json.loads((results / "gpu" / "inprocess-fp16.json").read_text())
     assert fp16["precision"] == "fp16" and {f["batch_size"] for f in fp16["ours"].values()} == {32, 128, 512, 2048}
@@ -76,6 +76,7 @@ def test_gpu_script_and_report_on_the_cpu(tiny_bundle, tmp_path):
     subprocess.run([sys.executable, "-m", "bench.report", "--results", str(results)], cwd=ROOT, check=True, capture_output=True)
     markdown = (results / "RESULTS.md").read_text(encoding="utf-8")
     assert "## GPU" in markdown and "| loop on every device |" in markdown
+    assert markdown.count("### Where the time goes (") == 2 and "`ner-serve` (one worker, int8)" in markdown  # fp32 with HTTP, fp16
     assert sum(line.startswith(("| fp32 | 0.", "| fp16 | 0.")) for line in markdown.splitlines()) == 2  # the accuracy rows
     assert (results / "gpu_throughput_vs_batch.png").stat().st_size > 0
 

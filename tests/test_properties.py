@@ -12,6 +12,7 @@ import unicodedata
 from pathlib import Path
 
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -104,10 +105,19 @@ def test_long_texts_without_punctuation_are_chunked_and_covered(tagger: Tagger, 
 BATCH_POOL = [example.text for example in load_corpus("msra-test")[:300]]
 
 
-@pytest.fixture(scope="module", params=["fp32", "int8"])
+ON_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (never in CI)")
+
+
+@pytest.fixture(
+    scope="module",
+    params=[("cpu", "fp32"), ("cpu", "int8"), pytest.param(("cuda", "fp32"), marks=ON_CUDA), pytest.param(("cuda", "fp16"), marks=ON_CUDA)],
+    ids=lambda device_precision: "-".join(device_precision),
+)
 def shipped_tagger(request: pytest.FixtureRequest, shipped_bundle: Path) -> tuple[Tagger, dict[int, TagResult]]:
-    """The shipped model at each CPU precision, with a cache of each pool sentence tagged alone."""
-    return Tagger.load(shipped_bundle, "cpu", precision=request.param), {}
+    """The shipped model on each device and precision the service offers there, with a cache
+    of each pool sentence tagged alone."""
+    device, precision = request.param
+    return Tagger.load(shipped_bundle, device, precision=precision), {}
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -124,4 +134,4 @@ def test_a_sentence_gets_the_same_tags_in_any_batch(shipped_tagger: tuple[Tagger
         indices = picked[start : start + batch_size]
         results = tagger.tag([BATCH_POOL[index] for index in indices])
         for index, result in zip(indices, results):
-            assert result == alone[index], f"{tagger.precision}: sentence {index} tagged differently beside {len(indices) - 1} others"
+            assert result == alone[index], f"{tagger.device.type} {tagger.precision}: sentence {index} tagged differently beside {len(indices) - 1} others"
