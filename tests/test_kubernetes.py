@@ -45,7 +45,11 @@ def test_deployment_matches_the_service(path):
     [container] = pod["containers"]
     env = {item["name"]: item.get("value") for item in container["env"]}
     port = int(env["NER_PORT"])
-    assert env["NER_HOST"] == "0.0.0.0" and env["NER_WORKERS"] == "1"
+    assert env["NER_HOST"] == "0.0.0.0"
+    # CPU pods scale by replicas, one worker each; a GPU pod's workers share its one GPU.
+    workers = int(env["NER_WORKERS"])
+    assert workers == 1 if path == DEPLOYMENTS[0] else container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert int(container["resources"]["requests"]["cpu"]) >= workers, "a core per worker"
     assert container["ports"] == [{"name": "http", "containerPort": port}]
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
