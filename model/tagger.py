@@ -122,6 +122,10 @@ def check_tasks(tasks: Iterable[str]) -> tuple[str, ...]:
     return tasks
 
 
+class DeviceError(RuntimeError):
+    """The device asked for is not there; the message says what to set instead."""
+
+
 class Tagger:
     """Wraps a network (scripted or eager) and the bundle metadata that describes its inputs."""
 
@@ -158,6 +162,13 @@ class Tagger:
         """
         if device is None or str(device) == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
+        if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+            # Otherwise TorchScript's refusal reads like a corrupt bundle file.
+            build = f"CUDA {torch.version.cuda} build, but no device is visible" if torch.version.cuda else "a CPU-only build"
+            raise DeviceError(
+                f"device {str(device)!r} was asked for, but torch {torch.__version__} sees no CUDA device ({build}). "
+                "Set NER_DEVICE=auto or cpu (--device for ner-tag and ner-bulk), or run where a GPU is visible (docker run --gpus all)."
+            )
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
         network, metadata = load_bundle(path, device)

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from model.artifact import BundleError, read_metadata
 from model.lexicon import Lexicon
-from model.tagger import Tagger
+from model.tagger import DeviceError, Tagger
 from model.user_dict import DictEntry
 from model.vocab import BOS, PAD, UNK, Vocab
 from tests.conftest import ROOT
@@ -128,6 +128,15 @@ def test_corrupt_network_names_the_file(tiny_bundle, tmp_path):
     (copy / "network.pt").write_bytes(b"not a torchscript file")
     with pytest.raises(BundleError, match=r"network\.pt: corrupt"):
         Tagger.load(copy)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA device")
+def test_cuda_without_a_gpu_says_so_not_that_the_bundle_is_corrupt(tiny_bundle):
+    """NER_DEVICE=cuda where torch sees no GPU (a CUDA image run without --gpus, a CPU build)
+    was reported as 'network.pt: corrupt ... restore the bundle or retrain it'."""
+    with pytest.raises(DeviceError, match=r"no CUDA device.*NER_DEVICE=auto or cpu") as refusal:
+        Tagger.load(tiny_bundle, "cuda")
+    assert "corrupt" not in str(refusal.value)
 
 
 def test_wrong_format_version_names_the_file(tiny_bundle, tmp_path):
