@@ -30,10 +30,11 @@ serve: venv
 test: venv
 	$(BIN)/pytest -q
 
-# The default model is trained in three stages, each config's init_from naming the bundle of the
-# stage before: base.toml (runs/base), msra-resume-twice.toml (runs/msra-resume-twice), then
-# default.toml. `make train` trains all three, one after the other.
-FINE_TUNING_STAGES := base msra-resume-twice
+# The default model is trained in four stages, each config's init_from naming the bundle of the
+# stage before: base.toml (runs/base), msra-resume-twice.toml (runs/msra-resume-twice),
+# all-ner-twice.toml (runs/all-ner-twice), then default.toml. `make train` trains all four, one
+# after the other.
+FINE_TUNING_STAGES := base msra-resume-twice all-ner-twice
 
 train: venv lac pretrain
 ifeq ($(CONFIG),training/configs/default.toml)

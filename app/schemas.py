@@ -107,7 +107,7 @@ class TagResponse(BaseModel):
         json_schema_extra={
             "examples": [
                 {
-                    "model": {"name": "default", "version": "1.2.0"},
+                    "model": {"name": "default", "version": "1.3.0"},
                     "results": [
                         {
                             "text": "江泽民在北京",
