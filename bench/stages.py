@@ -12,9 +12,10 @@ On CUDA the network stage waits for the GPU to finish (torch.cuda.synchronize); 
 the label ids back to the CPU counts in the decode stage.
 
 With `--http`: wrk at 64 connections, one sentence per request, against `ner-serve` (one
-worker, int8 on the CPU; with `--device cuda`, fp32 on the GPU) and against a bare FastAPI endpoint on uvicorn that returns a fixed body of the
-same size as `ner-serve`'s answer (bench/bare_app.py): the framework's own limit, so that
-the service's HTTP overhead reads as a ratio measured in the same run.
+worker, int8 on the CPU; with `--device cuda`, fp32 on the GPU) and against a bare FastAPI
+endpoint on uvicorn that returns a fixed body of the same size as `ner-serve`'s answer
+(bench/bare_app.py): the framework's own limit, so that the service's HTTP overhead reads as
+a ratio measured in the same run.
 """
 
 from __future__ import annotations

@@ -48,7 +48,10 @@ def test_deployment_matches_the_service(path):
     assert env["NER_HOST"] == "0.0.0.0"
     # CPU pods scale by replicas, one worker each; a GPU pod's workers share its one GPU.
     workers = int(env["NER_WORKERS"])
-    assert workers == 1 if path == DEPLOYMENTS[0] else container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    if path == DEPLOYMENTS[0]:
+        assert workers == 1
+    else:
+        assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert int(container["resources"]["requests"]["cpu"]) >= workers, "a core per worker"
     assert container["ports"] == [{"name": "http", "containerPort": port}]
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
