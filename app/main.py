@@ -27,7 +27,7 @@ from app.deps import ServiceState
 from app.errors import install_error_handlers
 from app.middleware import ApiKeyAuth, BodySizeLimit, ContentEncodingCheck, RequestMetrics
 from app.protocol import GuardedHttpToolsProtocol
-from app.routes import router
+from app.routes import TagFastPath, router
 from app.schemas import EXAMPLE_TEXT, ErrorOut
 from app.settings import Settings, get_settings
 from model.lexicon import Lexicon
@@ -113,7 +113,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.service = state
     # Added innermost first: a request meets RequestMetrics, CORS, the body limit, the key check
-    # and the encoding check in that order, all before FastAPI reads the body.
+    # and the encoding check in that order, all before FastAPI (or TagFastPath) reads the body.
+    app.add_middleware(TagFastPath)
     app.add_middleware(ContentEncodingCheck)
     app.add_middleware(ApiKeyAuth, keys=settings.api_keys, protected_paths={"/tag", "/model"} | ({"/metrics"} if settings.protect_metrics else set()))
     app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)

@@ -2,6 +2,7 @@
 
 import concurrent.futures
 import json
+import socket
 import subprocess
 import sys
 import threading
@@ -93,6 +94,22 @@ def test_under_64_clients_each_real_sentence_gets_its_answer_alone(shipped_bundl
             together = [pair for answers in pool.map(client, shares) for pair in answers]
     differing = [sentences[index] for index, answer in together if answer != alone[index]]
     assert not differing, f"{len(differing)} of {len(sentences)} sentences tagged differently under load, e.g. {differing[0]}"
+
+
+@pytest.mark.parametrize("body", [{"texts": TEXTS[:3], "tasks": ["seg", "ner"], "user_dict": [{"word": "张1", "pos": "nr"}]}, {"text": 5}, {"text": "a", "tasks": []}, {"texts": ["a"], "extra": 1}])
+def test_a_body_gets_the_same_answer_by_either_way_through_the_server(server, body):
+    # application/json takes the fast path (app/routes.py TagFastPath), +json types FastAPI's own
+    answers = [httpx.post(f"{server.url}/tag", content=json.dumps(body), headers={"content-type": kind}, timeout=60) for kind in ("application/json", "application/vnd.api+json")]
+    assert answers[0].status_code == answers[1].status_code
+    assert answers[0].json() == answers[1].json()
+
+
+def test_a_client_that_leaves_while_sending_its_body_is_counted_as_gone(server):
+    gone_before = metric(server.url, 'ner_requests_total{code="499",endpoint="/tag"')
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as connection:
+        connection.sendall(b"POST /tag HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n" + b'{"text": "')
+    wait_until(lambda: metric(server.url, 'ner_requests_total{code="499",endpoint="/tag"') == gone_before + 1, 10, "the server to count the client as gone")
 
 
 def test_many_texts_in_one_request_keep_their_order(server):
