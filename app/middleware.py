@@ -1,7 +1,8 @@
 """Pure-ASGI middlewares (no per-request task), outermost first as `create_app` adds them:
-RequestMetrics, CORS, BodySizeLimit, ApiKeyAuth, ContentEncodingCheck. Checks that must
-come before the body is read live here: FastAPI reads and parses a body before it runs
-any dependency, so a dependency could not answer 401 or 415 before a 422."""
+RequestMetrics, CORS, BodySizeLimit, ApiKeyAuth, ContentEncodingCheck (innermost comes
+POST /tag's fast path, app/routes.py TagFastPath). Checks that must come before the body is
+read live here: FastAPI reads and parses a body before it runs any dependency, so a
+dependency could not answer 401 or 415 before a 422."""
 
 from __future__ import annotations
 
