@@ -297,10 +297,15 @@ class TaggerNetwork(nn.Module):
         words: Tensor | None = None,
         word_weights: Tensor | None = None,
         ner_head: int = 0,
+        teacher_scores: dict[str, Tensor] | None = None,
+        temperature: float = 1.0,
     ) -> dict[str, Tensor]:
         """Summed loss of each head that has gold labels: CRF negative log-likelihood for
         seg and ner, cross-entropy per character for pos. `ner_head` > 0 trains auxiliary
-        NER head number `ner_head` instead of the served one."""
+        NER head number `ner_head` instead of the served one. With `teacher_scores` (another
+        network's `head_scores` on the same batch), "distil" adds, for every head, the KL
+        divergence of this network's per-character label distribution from the teacher's at
+        `temperature` (times its square, so that gradients keep their size)."""
         if self.unk_dropout > 0:
             chars, bigrams = self.hide_ids(chars), self.hide_ids(bigrams)
         if words is not None and self.unk_dropout > 0:
@@ -317,7 +322,27 @@ class TaggerNetwork(nn.Module):
         if ner is not None:
             head, crf = (self.ner_head, self.ner_crf) if ner_head == 0 else (self.aux_ner_heads[ner_head - 1], self.aux_ner_crfs[ner_head - 1])
             losses["ner"] = crf.neg_log_likelihood(self.unpack(head(hidden.data), hidden, steps), ner, mask)
+        if teacher_scores is not None:
+            own = self.packed_head_scores(hidden)
+            divergences = [
+                nn.functional.kl_div((own[task] / temperature).log_softmax(1), (scores / temperature).log_softmax(1), reduction="sum", log_target=True)
+                for task, scores in teacher_scores.items()
+            ]
+            losses["distil"] = temperature**2 * torch.stack(divergences).sum()
         return losses
+
+    @torch.jit.unused
+    def packed_head_scores(self, hidden: PackedSequence) -> dict[str, Tensor]:
+        """Each served head's scores (N, labels) at the real positions of `encode`'s output,
+        in its packed order."""
+        return {"seg": self.seg_head(hidden.data), "pos": self.pos_head(hidden.data), "ner": self.ner_head(hidden.data)}
+
+    @torch.jit.unused
+    def head_scores(self, chars: Tensor, bigrams: Tensor, lexicon: Tensor, lengths: Tensor, words: Tensor | None = None, word_weights: Tensor | None = None) -> dict[str, Tensor]:
+        """`packed_head_scores` of a batch, without gradients: what a teacher gives a student
+        in distillation (in eval mode, so without dropout)."""
+        with torch.no_grad():
+            return self.packed_head_scores(self.encode(chars, bigrams, lexicon, lengths, words, word_weights))
 
     @torch.jit.unused
     def drop_aux_heads(self) -> None:

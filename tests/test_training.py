@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
 import pytest
 import torch
 
-from model.artifact import build_network, load_bundle
+from model.artifact import build_network, eager_copy, load_bundle
+from model.features import Featuriser
+from model.lexicon import Lexicon
 from model.tagger import Tagger
+from model.vocab import Vocab
 from tests.conftest import ROOT, write_lac
 from training.config import TrainConfig
-from training.train import dev_figures, train
+from training.train import dev_figures, start_from_teacher, train
 
 WEIGHT = "rnn.weight_hh_l0"
 
@@ -103,6 +107,59 @@ def test_fine_tuning_on_an_entity_type_the_bundle_lacks_is_an_error(tiny_bundle:
     config = config.model_copy(update={"init_from": str(tiny_bundle), "ner_train": [str(corpus)], "ner_dev": ["msra-dev"]})
     with pytest.raises(ValueError, match="entity PRODUCT"):
         train(config, tmp_path / "tuned", progress=False)
+
+
+def test_a_distilled_network_has_its_own_size_and_the_teachers_vocabularies(tiny_bundle: Path, tmp_path: Path) -> None:
+    """teacher: a smaller encoder trained towards the teacher's scores, with the teacher's
+    vocabularies and labels (the scores are indexed by them)."""
+    _, teacher_metadata = load_bundle(tiny_bundle)
+    config = TrainConfig.from_toml(ROOT / "training" / "configs" / "tiny.toml")
+    config = config.model_copy(update={"teacher": str(tiny_bundle), "epochs": 1, "network": dataclasses.replace(config.network, hidden_size=12)})
+    report = train(config, tmp_path / "student", progress=False)
+    assert [entry["epoch"] for entry in report["history"]] == [1]
+    network, metadata = load_bundle(tmp_path / "student")
+    assert metadata.config["network"]["hidden_size"] == 12 and network.state_dict()["rnn.weight_hh_l0"].shape == (48, 12)
+    assert metadata.vocab == teacher_metadata.vocab and metadata.labels == teacher_metadata.labels
+    assert metadata.training.started_from == teacher_metadata.training
+    [result] = Tagger.load(tmp_path / "student", "cpu").tag(["李明在北京大学工作。"])
+    assert "".join(t.text for t in result.tokens) == "李明在北京大学工作。"
+
+
+def test_a_student_starts_from_the_teachers_tables_and_transitions(tiny_bundle: Path) -> None:
+    network, metadata = load_bundle(tiny_bundle)
+    teacher = eager_copy(network, metadata)
+    student_metadata = metadata.model_copy(update={"config": {**metadata.config, "network": {**metadata.config["network"], "hidden_size": 12}}})
+    student = build_network(student_metadata)
+    start_from_teacher(student, teacher, "teacher")
+    for name in ("char_embedding.weight", "bigram_embedding.weight", "lexicon_projection.weight", "seg_crf.transitions", "ner_crf.transitions"):
+        assert torch.equal(student.state_dict()[name], teacher.state_dict()[name]), name
+    narrower = metadata.model_copy(update={"config": {**metadata.config, "network": {**metadata.config["network"], "char_dim": 16}}})
+    with pytest.raises(ValueError, match=r"teacher: the teacher's char_embedding.weight do not fit this network; give it the teacher's char_dim"):
+        start_from_teacher(build_network(narrower), teacher, "teacher")
+
+
+def test_the_distillation_loss_is_zero_towards_itself_and_positive_towards_another_network(tiny_bundle: Path) -> None:
+    network, metadata = load_bundle(tiny_bundle)
+    teacher = eager_copy(network, metadata)
+    torch.manual_seed(0)
+    stranger = build_network(metadata).eval()
+    featuriser = Featuriser(Vocab.from_json(metadata.vocab.chars), Vocab.from_json(metadata.vocab.bigrams), Lexicon())
+    batch = featuriser.batch(["李明在北京大学工作。", "今天天气很好"])
+    inputs = (batch.chars, batch.bigrams, batch.lexicon, batch.lengths)
+    scores = teacher.head_scores(*inputs)
+    assert set(scores) == {"seg", "pos", "ner"} and scores["pos"].shape[0] == int(batch.lengths.sum())
+    for temperature in (1.0, 2.0):
+        towards_itself = teacher.loss(*inputs, None, None, None, teacher_scores=scores, temperature=temperature)["distil"]
+        towards_another = stranger.loss(*inputs, None, None, None, teacher_scores=scores, temperature=temperature)["distil"]
+        assert float(towards_itself.detach()) == pytest.approx(0.0, abs=1e-4)
+        assert float(towards_another.detach()) > 1.0
+
+
+def test_a_run_cannot_both_fine_tune_and_distil(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text('init_from = "a"\nteacher = "b"\n', encoding="utf-8")
+    with pytest.raises(ValueError, match="init_from and teacher are exclusive"):
+        TrainConfig.from_toml(config)
 
 
 def test_unknown_corpus_in_ner_head_of_is_an_error(tmp_path: Path) -> None:

@@ -38,6 +38,12 @@ class TrainConfig(BaseModel):
     # from (the pretrained options above are then not used); dev selection starts from its figures,
     # so the run keeps the bundle's own weights unless an epoch beats them.
     init_from: str = ""
+    # Distillation: a bundle (the teacher) whose vocabularies, labels, tables, dictionary projection
+    # and CRF transitions the run starts from, with its own network settings (a smaller hidden
+    # size: a faster network). Every batch then also trains every head towards the teacher's
+    # per-character label distributions, gold labels or not (task_weights["distil"], default 1).
+    teacher: str = ""
+    distil_temperature: float = 1.0
     pretrained_own_scale: bool = False  # copy pretrained vectors as they are, not scaled to network.embedding_init_std
     limit_train: int = 0  # sentences per corpus, 0 = all (tiny runs in tests)
     limit_dev: int = 0
@@ -68,6 +74,12 @@ class TrainConfig(BaseModel):
             stray = set(getattr(self, key)) - set(self.ner_train)
             if stray:
                 raise ValueError(f"{key} names {sorted(stray)}, which are not in ner_train {self.ner_train}")
+        return self
+
+    @model_validator(mode="after")
+    def _one_starting_bundle(self) -> TrainConfig:
+        if self.init_from and self.teacher:
+            raise ValueError("init_from and teacher are exclusive: fine-tune a bundle, or distil one into a new network")
         return self
 
     @classmethod

@@ -26,7 +26,17 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from model.artifact import BundleMetadata, CorpusUse, Labels, TrainingRecord, Vocabularies, build_network, load_bundle, save_bundle
+from model.artifact import (
+    BundleMetadata,
+    CorpusUse,
+    Labels,
+    TrainingRecord,
+    Vocabularies,
+    build_network,
+    eager_copy,
+    load_bundle,
+    save_bundle,
+)
 from model.features import Batch, Featuriser
 from model.lexicon import Lexicon
 from model.network import NetworkConfig, TaggerNetwork
@@ -69,9 +79,20 @@ class Optimiser:
         self.optimisers = [torch.optim.Adam(self.dense, lr=learning_rate), torch.optim.SparseAdam(self.sparse, lr=embedding_learning_rate or learning_rate)]
         self.schedules = [torch.optim.lr_scheduler.ExponentialLR(optimiser, gamma=lr_decay) for optimiser in self.optimisers]
 
-    def step(self, batch: Batch, seg: torch.Tensor | None, pos: torch.Tensor | None, ner: torch.Tensor | None, ner_head: int = 0) -> float:
-        """One update on `batch`; returns the summed (unweighted) loss."""
-        losses = self.network.loss(batch.chars, batch.bigrams, batch.lexicon, batch.lengths, seg, pos, ner, batch.words, batch.word_weights, ner_head)
+    def step(
+        self,
+        batch: Batch,
+        seg: torch.Tensor | None,
+        pos: torch.Tensor | None,
+        ner: torch.Tensor | None,
+        ner_head: int = 0,
+        teacher: TaggerNetwork | None = None,
+        temperature: float = 1.0,
+    ) -> float:
+        """One update on `batch` (towards `teacher`'s scores as well, when given); returns the
+        summed (unweighted) loss."""
+        soft = None if teacher is None else teacher.head_scores(batch.chars, batch.bigrams, batch.lexicon, batch.lengths, batch.words, batch.word_weights)
+        losses = self.network.loss(batch.chars, batch.bigrams, batch.lexicon, batch.lengths, seg, pos, ner, batch.words, batch.word_weights, ner_head, soft, temperature)
         chars = int(batch.lengths.sum())
         objective = 0.0
         for task, loss in losses.items():
@@ -136,17 +157,31 @@ def epoch_entry(epoch: int, loss_per_char: float, report: dict, seconds: float, 
     }
 
 
-def fine_tuning_inputs(config: TrainConfig, start: BundleMetadata, pos_types: list[str], ner_types: list[str]) -> tuple[Vocab, Vocab, Vocab | None, dict]:
-    """The vocabularies and labels of the bundle a fine-tuning run starts from (its weights are
-    indexed by them); its network settings replace the config's. Training data with a POS or
-    entity type the bundle has no label for is an error: that label would have no weights."""
+def starting_bundle_inputs(bundle: str, start: BundleMetadata, pos_types: list[str], ner_types: list[str]) -> tuple[Vocab, Vocab, Vocab | None, dict]:
+    """The vocabularies and labels of the bundle a fine-tuning or distillation run starts from
+    (its weights are indexed by them). Training data with a POS or entity type the bundle has no
+    label for is an error: that label would have no weights."""
     labels = start.labels.model_dump()
     new_types = sorted({f"POS {t}" for t in pos_types if f"B-{t}" not in labels["pos"]} | {f"entity {t}" for t in ner_types if f"B-{t}" not in labels["ner"]})
     if new_types:
-        raise ValueError(f"{config.init_from}: the training data has types the bundle has no labels for ({', '.join(new_types)}); train from scratch instead")
-    config.network = NetworkConfig(**start.config["network"])
+        raise ValueError(f"{bundle}: the training data has types the bundle has no labels for ({', '.join(new_types)}); train from scratch instead")
     words = Vocab.from_json(start.vocab.words) if start.vocab.words else None
     return Vocab.from_json(start.vocab.chars), Vocab.from_json(start.vocab.bigrams), words, labels
+
+
+# What a distilled network takes from its teacher: whatever does not depend on the encoder's size.
+TAKEN_FROM_TEACHER = ("char_embedding.", "bigram_embedding.", "word_embedding.", "lexicon_projection.", "seg_crf.", "ner_crf.")
+
+
+def start_from_teacher(student: TaggerNetwork, teacher: TaggerNetwork, bundle: str) -> None:
+    """Copy the teacher's tables, dictionary projection and CRF transitions into `student`; the
+    student's settings for them (char_dim, bigram_dim, lexicon_dim, word_dim) must be the teacher's."""
+    own = student.state_dict()
+    taken = {name: weight for name, weight in teacher.state_dict().items() if name.startswith(TAKEN_FROM_TEACHER)}
+    misfits = sorted(name for name, weight in taken.items() if name not in own or own[name].shape != weight.shape)
+    if misfits:
+        raise ValueError(f"{bundle}: the teacher's {', '.join(misfits)} do not fit this network; give it the teacher's char_dim, bigram_dim, lexicon_dim and word_dim")
+    student.load_state_dict(taken, strict=False)
 
 
 def train(config: TrainConfig, out: Path, progress: bool = True) -> dict:
@@ -170,9 +205,12 @@ def train(config: TrainConfig, out: Path, progress: bool = True) -> dict:
     pos_types = sorted({w[2] for e in pd98_train for w in e.words})
     ner_types = sorted({s[2] for e in ner_train for s in e.entities})
     lexicon = Lexicon()
-    if config.init_from:
-        start_network, start = load_bundle(config.init_from)
-        char_vocab, bigram_vocab, word_vocab, labels = fine_tuning_inputs(config, start, pos_types, ner_types)
+    starting_bundle = config.init_from or config.teacher
+    if starting_bundle:
+        start_network, start = load_bundle(starting_bundle)
+        char_vocab, bigram_vocab, word_vocab, labels = starting_bundle_inputs(starting_bundle, start, pos_types, ner_types)
+        if config.init_from:  # fine-tuning: the bundle's network settings replace the config's
+            config.network = NetworkConfig(**start.config["network"])
     else:
         model_texts = [atomise(e.text).model_text for e in pd98_train + ner_train]
         char_vocab, bigram_vocab = vocabularies(config, model_texts)
@@ -193,6 +231,7 @@ def train(config: TrainConfig, out: Path, progress: bool = True) -> dict:
     print(f"training sequences: pd98 {len(pd98_sequences)}, ner {len(ner_sequences)} ({', '.join(config.ner_train)}), {train_chars} atoms", file=sys.stderr)
 
     num_words = len(word_vocab) if word_vocab else 0
+    teacher = None
     aux_heads = max(config.ner_head_of.values(), default=0)
     network = TaggerNetwork(config.network, len(char_vocab), len(bigram_vocab), Lexicon.size, labels["seg"], labels["pos"], labels["ner"], num_words, aux_heads)
     if config.init_from:
@@ -201,6 +240,10 @@ def train(config: TrainConfig, out: Path, progress: bool = True) -> dict:
         if unexpected or any(not name.startswith("aux_ner_") for name in missing):
             raise ValueError(f"{config.init_from}: its weights do not fit this network (missing {missing}, unexpected {unexpected})")
         pretrained = dict(start.pretrained)  # where the tables first came from; config.init_from says the rest
+    elif config.teacher:
+        teacher = eager_copy(start_network, start).to(device)
+        start_from_teacher(network, teacher, config.teacher)
+        pretrained = dict(start.pretrained)  # as for init_from; config.teacher says the rest
     else:
         pretrained = initialise_tables(network, config, char_vocab, bigram_vocab)
     if config.encoder_init:
@@ -268,7 +311,8 @@ def train(config: TrainConfig, out: Path, progress: bool = True) -> dict:
             tensors = featuriser.batch([s.text for s in batch]).to(device)
             steps = tensors.chars.shape[1]
             gold = [label_tensor(batch, task, steps) for task in TASKS]
-            total_loss += optimiser.step(tensors, *(None if t is None else t.to(device) for t in gold), ner_head=batch[0].ner_head)
+            golds = (None if t is None else t.to(device) for t in gold)
+            total_loss += optimiser.step(tensors, *golds, ner_head=batch[0].ner_head, teacher=teacher, temperature=config.distil_temperature)
             if averaged is not None:
                 averaged.update_parameters(network)
             total_chars += int(tensors.lengths.sum())
@@ -300,7 +344,7 @@ def train(config: TrainConfig, out: Path, progress: bool = True) -> dict:
         git_commit=commit,
         seed=config.seed,
         finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        started_from=start.training if config.init_from else None,
+        started_from=start.training if starting_bundle else None,
     )
     metadata.evaluation = {"dev": best_report}
     exported.load_state_dict(network.cpu().state_dict())
