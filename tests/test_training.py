@@ -155,11 +155,18 @@ def test_the_distillation_loss_is_zero_towards_itself_and_positive_towards_anoth
         assert float(towards_another.detach()) > 1.0
 
 
-def test_a_run_cannot_both_fine_tune_and_distil(tmp_path: Path) -> None:
-    config = tmp_path / "bad.toml"
-    config.write_text('init_from = "a"\nteacher = "b"\n', encoding="utf-8")
-    with pytest.raises(ValueError, match="init_from and teacher are exclusive"):
-        TrainConfig.from_toml(config)
+def test_a_distillation_goes_on_only_from_a_bundle_with_the_teachers_vocabularies(tiny_bundle: Path, tmp_path: Path) -> None:
+    """init_from and teacher together continue a distillation; a teacher whose vocabularies
+    differ from the starting bundle's is an error naming it (its scores would not line up)."""
+    config = TrainConfig.from_toml(ROOT / "training" / "configs" / "tiny.toml")
+    other = config.model_copy(update={"limit_train": 200, "epochs": 1})
+    train(other, tmp_path / "other", progress=False)
+    on = config.model_copy(update={"init_from": str(tiny_bundle), "teacher": str(tiny_bundle), "epochs": 1})
+    report = train(on, tmp_path / "on", progress=False)
+    assert [entry["epoch"] for entry in report["history"]] == [0, 1]
+    mismatched = config.model_copy(update={"init_from": str(tiny_bundle), "teacher": str(tmp_path / "other"), "epochs": 1})
+    with pytest.raises(ValueError, match=r"other: the teacher's vocabularies or labels are not those of"):
+        train(mismatched, tmp_path / "mismatched", progress=False)
 
 
 def test_unknown_corpus_in_ner_head_of_is_an_error(tmp_path: Path) -> None:

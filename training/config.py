@@ -42,6 +42,7 @@ class TrainConfig(BaseModel):
     # and CRF transitions the run starts from, with its own network settings (a smaller hidden
     # size: a faster network). Every batch then also trains every head towards the teacher's
     # per-character label distributions, gold labels or not (task_weights["distil"], default 1).
+    # With init_from as well, a distillation goes on from a bundle distilled from this teacher.
     teacher: str = ""
     distil_temperature: float = 1.0
     pretrained_own_scale: bool = False  # copy pretrained vectors as they are, not scaled to network.embedding_init_std
@@ -74,12 +75,6 @@ class TrainConfig(BaseModel):
             stray = set(getattr(self, key)) - set(self.ner_train)
             if stray:
                 raise ValueError(f"{key} names {sorted(stray)}, which are not in ner_train {self.ner_train}")
-        return self
-
-    @model_validator(mode="after")
-    def _one_starting_bundle(self) -> TrainConfig:
-        if self.init_from and self.teacher:
-            raise ValueError("init_from and teacher are exclusive: fine-tune a bundle, or distil one into a new network")
         return self
 
     @classmethod

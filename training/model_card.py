@@ -124,7 +124,11 @@ def render_card(metadata: BundleMetadata) -> str:
     stages = earlier_stages(training)
     if stages:
         lines.append(
-            (f"- fine-tuned from the bundle `{config['init_from']}`" if config.get("init_from") else f"- distilled from the bundle `{config['teacher']}` (its tables, dictionary projection and CRF transitions to start, its per-character label distributions as targets beside the gold labels, temperature {config['distil_temperature']})")
+            "- "
+            + " and ".join(
+                ([f"fine-tuned from the bundle `{config['init_from']}`"] if config.get("init_from") else [])
+                + ([f"distilled from the bundle `{config['teacher']}` (its per-character label distributions as targets beside the gold labels, temperature {config['distil_temperature']})"] if config.get("teacher") else [])
+            )
             + "; the stages before (a distilled model's are its teacher's), latest first: "
             + "; ".join(
                 f"{stage.minutes:.1f} minutes, {stage.epochs_run} epochs (best: epoch {stage.best_epoch}), seed {stage.seed}, on {stage.hardware} "

@@ -232,6 +232,11 @@ def train(config: TrainConfig, out: Path, progress: bool = True) -> dict:
 
     num_words = len(word_vocab) if word_vocab else 0
     teacher = None
+    if config.teacher:
+        teacher_network, teacher_metadata = load_bundle(config.teacher) if config.init_from else (start_network, start)
+        if (teacher_metadata.vocab, teacher_metadata.labels) != (start.vocab, start.labels):
+            raise ValueError(f"{config.teacher}: the teacher's vocabularies or labels are not those of {config.init_from}; continue a distillation from a bundle distilled from this teacher")
+        teacher = eager_copy(teacher_network, teacher_metadata).to(device)
     aux_heads = max(config.ner_head_of.values(), default=0)
     network = TaggerNetwork(config.network, len(char_vocab), len(bigram_vocab), Lexicon.size, labels["seg"], labels["pos"], labels["ner"], num_words, aux_heads)
     if config.init_from:
@@ -240,8 +245,7 @@ def train(config: TrainConfig, out: Path, progress: bool = True) -> dict:
         if unexpected or any(not name.startswith("aux_ner_") for name in missing):
             raise ValueError(f"{config.init_from}: its weights do not fit this network (missing {missing}, unexpected {unexpected})")
         pretrained = dict(start.pretrained)  # where the tables first came from; config.init_from says the rest
-    elif config.teacher:
-        teacher = eager_copy(start_network, start).to(device)
+    elif teacher is not None:
         start_from_teacher(network, teacher, config.teacher)
         pretrained = dict(start.pretrained)  # as for init_from; config.teacher says the rest
     else:
