@@ -129,7 +129,7 @@ def render_card(metadata: BundleMetadata) -> str:
                 ([f"fine-tuned from the bundle `{config['init_from']}`"] if config.get("init_from") else [])
                 + ([f"distilled from the bundle `{config['teacher']}` (its per-character label distributions as targets beside the gold labels, temperature {config['distil_temperature']})"] if config.get("teacher") else [])
             )
-            + "; the stages before (a distilled model's are its teacher's), latest first: "
+            + ("; the teacher's stages, latest first: " if config.get("teacher") and not config.get("init_from") else "; the stages before, latest first: ")
             + "; ".join(
                 f"{stage.minutes:.1f} minutes, {stage.epochs_run} epochs (best: epoch {stage.best_epoch}), seed {stage.seed}, on {stage.hardware} "
                 f"(torch {stage.torch}, git commit `{stage.git_commit}`, finished {stage.finished})"
