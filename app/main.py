@@ -207,7 +207,7 @@ def serve(argv: list[str] | None = None) -> None:
     if os.environ.setdefault("PYTHONFAULTHANDLER", "1"):
         faulthandler.enable()
     metrics.prepare_multiprocess_dir(settings.workers)
-    config = uvicorn.Config("app.main:create_app", factory=True, host=settings.host, port=settings.port, workers=settings.workers, log_level=settings.log_level, access_log=settings.access_log, http=GuardedHttpToolsProtocol, timeout_keep_alive=settings.keep_alive_s)
+    config = uvicorn.Config("app.main:create_app", factory=True, host=settings.host, port=settings.port, workers=settings.workers, log_level=settings.log_level, access_log=settings.access_log, http=GuardedHttpToolsProtocol, timeout_keep_alive=settings.keep_alive_s, timeout_worker_healthcheck=settings.worker_healthcheck_s)
     if settings.workers > 1:
         DrainingMultiprocess(config, sockets=[config.bind_socket()]).run()
         return

@@ -20,6 +20,12 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address `ner-serve` listens on (0.0.0.0 for all interfaces).")
     port: int = Field(8000, ge=1, le=65535, description="Port `ner-serve` listens on.")
     workers: int = Field(1, ge=1, description="Worker processes of `ner-serve` (each loads the model).")
+    # uvicorn's supervisor kills a worker that does not answer its health check in time and starts
+    # another; its 5 s default was shorter than a worker's imports on a busy 2-core host, so
+    # workers were killed in a loop and the service never came up.
+    worker_healthcheck_s: int = Field(
+        30, ge=1, description="With several workers: how long a worker may leave the supervisor's health check unanswered (while starting, or busy) before it is killed and replaced."
+    )
     model_path: str = Field(DEFAULT_MODEL, description="Bundle folder (network.pt + metadata.json).")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available, else the CPU.")
     # int8 ran 1.17x to 1.34x faster in-process than fp32 on the 2-core benchmark machine (best batch

@@ -90,10 +90,21 @@ def test_a_client_that_connects_during_start_up_gets_its_answer_not_503(shipped_
     """A worker accepted connections before its warm-up batch and answered /tag 503 meanwhile;
     with several workers /readyz, answered by a warm one, said ready while another still
     answered 503 (the compose check in CI failed on it). A client sending from the first
-    moment, each request on a new connection, must get only 200s."""
+    moment, each request on a new connection, must get only 200s.
+
+    With two workers, each worker process also starts 8 s late, as on a busy or small host
+    (importing the app took 5.2 s on this VM beside a training run): uvicorn's supervisor
+    killed a worker that had not answered its health check within 5 s and started another,
+    in a loop, so the service never came up (NER_WORKER_HEALTHCHECK_S)."""
     port = free_port()
     log = tmp_path / "server.log"
     environment = {**os.environ, "NER_MODEL_PATH": str(shipped_bundle), "NER_TORCH_THREADS": "1", "NER_PORT": str(port), "NER_WORKERS": str(workers)}
+    if workers > 1:
+        slow_start = tmp_path / "slow_start"
+        slow_start.mkdir()
+        # Only in the worker processes uvicorn spawns, before they can answer the supervisor.
+        (slow_start / "sitecustomize.py").write_text('import sys, time\nif "--multiprocessing-fork" in sys.argv:\n    time.sleep(8)\n')
+        environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(slow_start), os.environ.get("PYTHONPATH")]))
     with open(log, "wb") as handle:
         process = subprocess.Popen([NER_SERVE], cwd=ROOT, env=environment, stdout=handle, stderr=subprocess.STDOUT)
     statuses: list[int] = []
