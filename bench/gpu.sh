@@ -10,7 +10,8 @@
 # LIMIT (0 = full test splits / all 5,000 benchmark sentences; smaller for a dry run),
 # CONCURRENCY (HTTP connection counts), WORKERS (uvicorn workers sharing the GPU in the last
 # HTTP point), STEPS (which of "eval inprocess stages viterbi invariance http" to run; all by
-# default). eval reads cluener-test and resume-test from NER_DATA_DIR (../shared/data).
+# default), CORPORA (the test splits eval scores; pd98-test and at least one NER corpus for the
+# report). eval reads cluener-test and resume-test from NER_DATA_DIR (../shared/data).
 # Each step runs even if one before it failed; the exit status says whether all passed.
 set -u
 PYTHON=${PYTHON:-.venv/bin/python}
@@ -23,6 +24,7 @@ LIMIT=${LIMIT:-0}
 CONCURRENCY=${CONCURRENCY:-1,8,64,256}
 WORKERS=${WORKERS:-4}
 STEPS=${STEPS:-eval inprocess stages viterbi invariance http}
+CORPORA=${CORPORA:-msra-test pd98-test cluener-test resume-test}
 mkdir -p "$RESULTS"
 failed=0
 step() {
@@ -38,7 +40,7 @@ fi
 # Accuracy: fp16 is only worth offering if it holds the fp32 figures.
 if [[ " $STEPS " == *" eval "* ]]; then
     for precision in fp32 fp16; do
-        for corpus in msra-test pd98-test cluener-test resume-test; do
+        for corpus in $CORPORA; do
             step "$PYTHON" -m training.evaluate --model "$MODEL" --corpus "$corpus" --device "$DEVICE" --precision "$precision" \
                 --sample "$SAMPLE" --no-peers --json "$RESULTS/eval-$corpus-$precision.json"
         done

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -109,9 +111,11 @@ def test_fine_tuning_on_an_entity_type_the_bundle_lacks_is_an_error(tiny_bundle:
         train(config, tmp_path / "tuned", progress=False)
 
 
-def test_a_distilled_network_has_its_own_size_and_the_teachers_vocabularies(tiny_bundle: Path, tmp_path: Path) -> None:
+def test_a_distilled_network_has_its_own_size_and_the_teachers_vocabularies_and_the_distillation_goes_on(tiny_bundle: Path, tmp_path: Path) -> None:
     """teacher: a smaller encoder trained towards the teacher's scores, with the teacher's
-    vocabularies and labels (the scores are indexed by them)."""
+    vocabularies and labels (the scores are indexed by them). init_from and teacher together
+    continue a distillation; a teacher whose vocabularies or labels differ from the starting
+    bundle's is an error naming it (its scores would not line up)."""
     _, teacher_metadata = load_bundle(tiny_bundle)
     config = TrainConfig.from_toml(ROOT / "training" / "configs" / "tiny.toml")
     config = config.model_copy(update={"teacher": str(tiny_bundle), "epochs": 1, "network": dataclasses.replace(config.network, hidden_size=12)})
@@ -123,6 +127,20 @@ def test_a_distilled_network_has_its_own_size_and_the_teachers_vocabularies(tiny
     assert metadata.training.started_from == teacher_metadata.training
     [result] = Tagger.load(tmp_path / "student", "cpu").tag(["李明在北京大学工作。"])
     assert "".join(t.text for t in result.tokens) == "李明在北京大学工作。"
+
+    on = config.model_copy(update={"init_from": str(tmp_path / "student"), "epochs": 1})
+    report = train(on, tmp_path / "on", progress=False)
+    assert [entry["epoch"] for entry in report["history"]] == [0, 1]
+    assert load_bundle(tmp_path / "on")[1].config["network"]["hidden_size"] == 12  # the student's size, not the teacher's
+
+    other = tmp_path / "other"  # the teacher with two NER labels swapped: same sizes, other labels
+    shutil.copytree(tiny_bundle, other)
+    saved = json.loads((other / "metadata.json").read_text(encoding="utf-8"))
+    saved["labels"]["ner"][1], saved["labels"]["ner"][2] = saved["labels"]["ner"][2], saved["labels"]["ner"][1]
+    (other / "metadata.json").write_text(json.dumps(saved), encoding="utf-8")
+    mismatched = on.model_copy(update={"teacher": str(other)})
+    with pytest.raises(ValueError, match=r"other: the teacher's vocabularies or labels are not those of"):
+        train(mismatched, tmp_path / "mismatched", progress=False)
 
 
 def test_a_student_starts_from_the_teachers_tables_and_transitions(tiny_bundle: Path) -> None:
@@ -153,20 +171,6 @@ def test_the_distillation_loss_is_zero_towards_itself_and_positive_towards_anoth
         towards_another = stranger.loss(*inputs, None, None, None, teacher_scores=scores, temperature=temperature)["distil"]
         assert float(towards_itself.detach()) == pytest.approx(0.0, abs=1e-4)
         assert float(towards_another.detach()) > 1.0
-
-
-def test_a_distillation_goes_on_only_from_a_bundle_with_the_teachers_vocabularies(tiny_bundle: Path, tmp_path: Path) -> None:
-    """init_from and teacher together continue a distillation; a teacher whose vocabularies
-    differ from the starting bundle's is an error naming it (its scores would not line up)."""
-    config = TrainConfig.from_toml(ROOT / "training" / "configs" / "tiny.toml")
-    other = config.model_copy(update={"limit_train": 200, "epochs": 1})
-    train(other, tmp_path / "other", progress=False)
-    on = config.model_copy(update={"init_from": str(tiny_bundle), "teacher": str(tiny_bundle), "epochs": 1})
-    report = train(on, tmp_path / "on", progress=False)
-    assert [entry["epoch"] for entry in report["history"]] == [0, 1]
-    mismatched = config.model_copy(update={"init_from": str(tiny_bundle), "teacher": str(tmp_path / "other"), "epochs": 1})
-    with pytest.raises(ValueError, match=r"other: the teacher's vocabularies or labels are not those of"):
-        train(mismatched, tmp_path / "mismatched", progress=False)
 
 
 def test_unknown_corpus_in_ner_head_of_is_an_error(tmp_path: Path) -> None:
