@@ -18,7 +18,7 @@ from model.tagger import Tagger
 from model.vocab import Vocab
 from tests.conftest import ROOT, write_lac
 from training.config import TrainConfig
-from training.train import dev_figures, start_from_teacher, train
+from training.train import dev_figures, prune_teacher, start_from_teacher, train
 
 WEIGHT = "rnn.weight_hh_l0"
 
@@ -154,6 +154,38 @@ def test_a_student_starts_from_the_teachers_tables_and_transitions(tiny_bundle: 
     narrower = metadata.model_copy(update={"config": {**metadata.config, "network": {**metadata.config["network"], "char_dim": 16}}})
     with pytest.raises(ValueError, match=r"teacher: the teacher's char_embedding.weight do not fit this network; give it the teacher's char_dim"):
         start_from_teacher(build_network(narrower), teacher, "teacher")
+
+
+def test_a_pruned_student_is_the_teacher_without_the_units_the_heads_do_not_use(tiny_bundle: Path) -> None:
+    """prune_teacher keeps the units the heads lean on and slices every gate's weights to them:
+    with two units per direction made useless in the teacher (nothing reads their outputs, not
+    the heads, not the recurrence), the student two units smaller gives the teacher's scores."""
+    network, metadata = load_bundle(tiny_bundle)
+    teacher = eager_copy(network, metadata)
+    size = teacher.hidden_size
+    useless = {"": [0, 5], "_reverse": [3, size - 1]}
+    with torch.no_grad():
+        for suffix, units in useless.items():
+            getattr(teacher.rnn, f"weight_hh_l0{suffix}")[:, units] = 0.0
+            columns = units if not suffix else [size + unit for unit in units]
+            for head in (teacher.seg_head, teacher.pos_head, teacher.ner_head):
+                head.weight[:, columns] = 0.0
+    featuriser = Featuriser(Vocab.from_json(metadata.vocab.chars), Vocab.from_json(metadata.vocab.bigrams), Lexicon())
+    batch = featuriser.batch(["李明在北京大学工作。", "今天天气很好", "新华社北京一月一日电"])
+    inputs = (batch.chars, batch.bigrams, batch.lexicon, batch.lengths)
+    smaller = metadata.model_copy(update={"config": {**metadata.config, "network": {**metadata.config["network"], "hidden_size": size - 2}}})
+    student = build_network(smaller).eval()
+    start_from_teacher(student, teacher, "teacher")
+    share = prune_teacher(student, teacher, [batch])
+    assert share == pytest.approx(1.0)
+    for task, scores in teacher.head_scores(*inputs).items():
+        torch.testing.assert_close(student.head_scores(*inputs)[task], scores, msg=task)
+    same_size = build_network(metadata).eval()
+    prune_teacher(same_size, teacher, [batch])
+    assert all(torch.equal(weight, teacher.state_dict()[name]) for name, weight in same_size.state_dict().items() if name.startswith(("rnn.", "seg_head.", "pos_head.", "ner_head.")))
+    larger = metadata.model_copy(update={"config": {**metadata.config, "network": {**metadata.config["network"], "hidden_size": size + 2}}})
+    with pytest.raises(ValueError, match=r"at most the teacher's hidden size \(32\)"):
+        prune_teacher(build_network(larger), teacher, [batch])
 
 
 def test_the_distillation_loss_is_zero_towards_itself_and_positive_towards_another_network(tiny_bundle: Path) -> None:

@@ -45,6 +45,10 @@ class TrainConfig(BaseModel):
     # With init_from as well, a distillation goes on from a bundle distilled from this teacher.
     teacher: str = ""
     distil_temperature: float = 1.0
+    # With teacher: start the encoder and heads from the teacher's, keeping in each direction the
+    # hidden_size units whose outputs the heads lean on most (`training.train.prune_teacher`),
+    # instead of from random weights; dev selection then starts from the pruned network's figures.
+    prune_teacher: bool = False
     pretrained_own_scale: bool = False  # copy pretrained vectors as they are, not scaled to network.embedding_init_std
     limit_train: int = 0  # sentences per corpus, 0 = all (tiny runs in tests)
     limit_dev: int = 0
@@ -75,6 +79,8 @@ class TrainConfig(BaseModel):
             stray = set(getattr(self, key)) - set(self.ner_train)
             if stray:
                 raise ValueError(f"{key} names {sorted(stray)}, which are not in ner_train {self.ner_train}")
+        if self.prune_teacher and (not self.teacher or self.init_from):
+            raise ValueError("prune_teacher starts a distillation: it needs teacher, and not init_from (which continues one)")
         return self
 
     @classmethod

@@ -184,6 +184,45 @@ def start_from_teacher(student: TaggerNetwork, teacher: TaggerNetwork, bundle: s
     student.load_state_dict(taken, strict=False)
 
 
+PRUNING_SAMPLE = 2048  # training sentences whose hidden states rank the teacher's units
+
+
+def prune_teacher(student: TaggerNetwork, teacher: TaggerNetwork, samples: list[Batch]) -> float:
+    """Start `student`'s encoder and served heads from `teacher`'s, keeping in each direction
+    the student's hidden_size units of the teacher's that the heads lean on most: a unit's mean
+    square output over `samples` times the squared weights each head gives it (each head's
+    weights scaled to sum 1, so the 180 POS labels do not outvote the 4 seg labels). The other
+    units and every weight into or out of them are dropped. Returns the share of that measure kept."""
+    size, kept_size = teacher.hidden_size, student.hidden_size
+    shapes = {"cell": (type(student.rnn), type(teacher.rnn)), "layers": (student.rnn.num_layers, teacher.rnn.num_layers), "merge": (student.merge, teacher.merge)}
+    differ = [name for name, (own, theirs) in shapes.items() if own != theirs]
+    if differ or student.rnn.num_layers != 1 or student.merge != "concat" or kept_size > size:
+        raise ValueError(f"prune_teacher needs a one-layer encoder with merge = \"concat\", and the teacher's cell, at most the teacher's hidden size ({size}); this one differs in {differ or 'its size or shape'}")
+    heads = ("seg_head", "pos_head", "ner_head")
+    with torch.no_grad():
+        squares, positions = torch.zeros(2 * size), 0
+        for batch in samples:
+            hidden = teacher.encode(batch.chars, batch.bigrams, batch.lexicon, batch.lengths, batch.words, batch.word_weights).data.cpu()
+            squares += hidden.square().sum(0)
+            positions += hidden.shape[0]
+        own = {name: weight.cpu() for name, weight in teacher.state_dict().items()}
+        reliance = sum(own[f"{head}.weight"].square().sum(0) / own[f"{head}.weight"].square().sum() for head in heads)
+        importance = squares / max(positions, 1) * reliance
+        forward, backward = (half.topk(kept_size).indices.sort().values for half in (importance[:size], importance[size:]))
+        state = {}
+        for suffix, units in (("_l0", forward), ("_l0_reverse", backward)):
+            rows = torch.cat([gate * size + units for gate in range(own[f"rnn.weight_ih{suffix}"].shape[0] // size)])  # every gate's rows of the kept units
+            for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+                weight = own[f"rnn.{name}{suffix}"][rows]
+                state[f"rnn.{name}{suffix}"] = weight[:, units] if name == "weight_hh" else weight
+        columns = torch.cat([forward, size + backward])
+        for head in heads:
+            state[f"{head}.weight"] = own[f"{head}.weight"][:, columns]
+            state[f"{head}.bias"] = own[f"{head}.bias"]
+    student.load_state_dict(state, strict=False)
+    return float(importance[torch.cat([forward, size + backward])].sum() / importance.sum())
+
+
 def train(config: TrainConfig, out: Path, progress: bool = True) -> dict:
     started = time.time()
     commit = git_commit()  # the code this process runs, not what is checked out when it ends
@@ -247,6 +286,11 @@ def train(config: TrainConfig, out: Path, progress: bool = True) -> dict:
         pretrained = dict(start.pretrained)  # where the tables first came from; config.init_from says the rest
     elif teacher is not None:
         start_from_teacher(network, teacher, config.teacher)
+        if config.prune_teacher:
+            sample = random.Random(config.seed).sample(pd98_sequences + ner_sequences, min(PRUNING_SAMPLE, len(pd98_sequences) + len(ner_sequences)))
+            samples = [featuriser.batch([s.text for s in sample[i : i + 256]]).to(device) for i in range(0, len(sample), 256)]
+            share = prune_teacher(network, teacher, samples)
+            print(f"pruned the teacher's encoder to {config.network.hidden_size} units per direction, keeping {share:.1%} of the heads' reliance on its units", file=sys.stderr)
         pretrained = dict(start.pretrained)  # as for init_from; config.teacher says the rest
     else:
         pretrained = initialise_tables(network, config, char_vocab, bigram_vocab)
@@ -296,7 +340,7 @@ def train(config: TrainConfig, out: Path, progress: bool = True) -> dict:
 
     rng = random.Random(config.seed)
     history, best, best_score, best_epoch, stale = [], None, -math.inf, 0, 0
-    if config.init_from:  # epoch 0: the bundle as it came, the figure an epoch must beat
+    if config.init_from or config.prune_teacher:  # epoch 0: the network as it starts, the figure an epoch must beat
         best_report = evaluate_dev()
         best, best_score = copy.deepcopy(kept.state_dict()), dev_figures(best_report)
         history.append(epoch_entry(0, 0.0, best_report, 0.0, started))
