@@ -248,7 +248,9 @@ def run(args: argparse.Namespace) -> dict:
     )
     started = time.perf_counter()
     if args.format == "parquet":
-        tagged.write_parquet(args.output)
+        from app.parquet_sink import OrderedParquetDatasink
+
+        tagged.write_datasink(OrderedParquetDatasink(args.output))
     else:
         tagged.write_json(args.output, force_ascii=False)
     seconds = time.perf_counter() - started
