@@ -11,13 +11,15 @@
 # CONCURRENCY (HTTP connection counts), WORKERS (uvicorn workers sharing the GPU in the last
 # HTTP point), STEPS (which of "eval inprocess stages viterbi invariance http" to run; all by
 # default), CORPORA (the test splits eval scores; pd98-test and at least one NER corpus for the
-# report). eval reads cluener-test and resume-test from NER_DATA_DIR (../shared/data).
+# report), HTTP_ROUNDS (the stage step's ner-serve and bare-framework points, each, in turns).
+# eval reads cluener-test and resume-test from NER_DATA_DIR (../shared/data).
 # Each step runs even if one before it failed; the exit status says whether all passed.
 set -u
 PYTHON=${PYTHON:-.venv/bin/python}
 MODEL=${MODEL:-model/artifacts/default}
 RESULTS=${RESULTS:-bench/results/gpu}
 DURATION=${DURATION:-5}
+HTTP_ROUNDS=${HTTP_ROUNDS:-2}
 DEVICE=${DEVICE:-cuda}
 SAMPLE=${SAMPLE:-0}
 LIMIT=${LIMIT:-0}
@@ -59,7 +61,7 @@ fi
 if [[ " $STEPS " == *" stages "* ]]; then
     # fp32 also over HTTP, beside the bare framework (one sentence per request, 64 connections).
     step "$PYTHON" -m bench.stages --model "$MODEL" --device "$DEVICE" --precision fp32 --batch-size 2048 --limit "$LIMIT" \
-        --http --duration "$DURATION" --out "$RESULTS/stages-fp32.json"
+        --http --duration "$DURATION" --http-rounds "$HTTP_ROUNDS" --out "$RESULTS/stages-fp32.json"
     step "$PYTHON" -m bench.stages --model "$MODEL" --device "$DEVICE" --precision fp16 --batch-size 2048 --limit "$LIMIT" \
         --out "$RESULTS/stages-fp16.json"
 fi

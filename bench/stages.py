@@ -99,9 +99,9 @@ def where_the_cpu_goes(pid: int, url: str) -> Iterator[dict]:
     split["inference_seconds"] = inference
 
 
-def http_ratio(model: str, duration: float, workdir: Path, limit: int = 0, device: str = "cpu") -> dict:
+def http_ratio(model: str, duration: float, workdir: Path, limit: int = 0, device: str = "cpu", rounds: int = 2) -> dict:
     """Requests/s of ner-serve (int8 on the CPU, fp32 on CUDA) and of the bare endpoint, wrk
-    c=64, one sentence per request."""
+    c=64, one sentence per request, `rounds` of each in turns (the VM's speed drifts)."""
     sentences = [example.text for example in load_corpus("msra-test")][: limit or None]
     bodies = workdir / "bodies-1.jsonl"
     bodies.write_text("\n".join(json.dumps({"texts": [s]}, ensure_ascii=False) for s in sentences) + "\n", encoding="utf-8")
@@ -115,7 +115,7 @@ def http_ratio(model: str, duration: float, workdir: Path, limit: int = 0, devic
     port = free_port()
     bare_env = {**os.environ, "BARE_ANSWER": str(workdir / "answer.json")}
     bare = [sys.executable, "-m", "uvicorn", "bench.bare_app:app", "--port", str(port), "--log-level", "warning", "--no-access-log"]
-    for name in ("bare", "ner-serve", "bare 2", "ner-serve 2"):  # interleaved: the VM's speed drifts
+    for name in [f"{kind} {k + 1}" for k in range(rounds) for kind in ("bare", "ner-serve")]:
         if name.startswith("bare"):
             with running(bare, f"http://127.0.0.1:{port}/healthz", workdir / "bare.log", bare_env):
                 load(f"http://127.0.0.1:{port}", bodies, 4, 2.0, 1, characters)  # warm-up
@@ -146,6 +146,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=2, help="the pipeline this many times; each stage's best round counts")
     parser.add_argument("--http", action="store_true", help="also ner-serve against the bare framework over HTTP (needs wrk)")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per HTTP point")
+    parser.add_argument("--http-rounds", type=int, default=2, help="HTTP points per server, the servers in turns")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
 
@@ -176,7 +177,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     if args.http:
         with tempfile.TemporaryDirectory(prefix="bench-stages-") as folder:
-            result["http"] = http_ratio(args.model, args.duration, Path(folder), args.limit, args.device)
+            result["http"] = http_ratio(args.model, args.duration, Path(folder), args.limit, args.device, args.http_rounds)
         print(f"ner-serve ÷ bare framework, requests/s at c=64: {result['http']['ner_serve_over_bare']:.2f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")

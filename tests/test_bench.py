@@ -64,10 +64,11 @@ def test_stages_and_the_bare_framework_reference(tiny_bundle, tmp_path):
 
 
 def test_gpu_script_and_report_on_the_cpu(tiny_bundle, tmp_path):
-    """bench/gpu.sh's accuracy (two of its four corpora), in-process and stage steps, tried out on
-    the CPU on a few sentences, then the GPU section of the report built from what they wrote."""
+    """bench/gpu.sh's accuracy (two of its four corpora), in-process and stage steps (one HTTP
+    point per server), tried out on the CPU on a few sentences, then the GPU section of the
+    report built from what they wrote."""
     results = tmp_path / "results"
-    env = {**os.environ, "PYTHON": sys.executable, "MODEL": str(tiny_bundle), "RESULTS": str(results / "gpu"), "DEVICE": "cpu", "STEPS": "eval inprocess stages viterbi", "CORPORA": "msra-test pd98-test", "SAMPLE": "20", "LIMIT": "20", "DURATION": "1"}
+    env = {**os.environ, "PYTHON": sys.executable, "MODEL": str(tiny_bundle), "RESULTS": str(results / "gpu"), "DEVICE": "cpu", "STEPS": "eval inprocess stages viterbi", "CORPORA": "msra-test pd98-test", "HTTP_ROUNDS": "1", "SAMPLE": "20", "LIMIT": "20", "DURATION": "1"}
     subprocess.run(["bash", "bench/gpu.sh"], cwd=ROOT, env=env, check=True, capture_output=True)
     fp16 = json.loads((results / "gpu" / "inprocess-fp16.json").read_text())
     assert fp16["precision"] == "fp16" and {f["batch_size"] for f in fp16["ours"].values()} == {32, 128, 512, 2048}
