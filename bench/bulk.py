@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,18 +27,13 @@ from pathlib import Path
 import orjson
 import torch
 
+from bench.processes import free_port
 from bench.throughput import cpu_name
 from model.tagger import Tagger
 from training.corpora import load_corpus
 
 DEFAULT_OUT = Path("bench/results/bulk.json")
 RAY = str(Path(sys.executable).parent / "ray")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def start_cluster(temp: Path) -> str:
