@@ -128,6 +128,12 @@ def test_a_distilled_network_has_its_own_size_and_the_teachers_vocabularies_and_
     [result] = Tagger.load(tmp_path / "student", "cpu").tag(["李明在北京大学工作。"])
     assert "".join(t.text for t in result.tokens) == "李明在北京大学工作。"
 
+    pruned = train(config.model_copy(update={"prune_teacher": True, "epochs": 0}), tmp_path / "pruned", progress=False)
+    assert [entry["epoch"] for entry in pruned["history"]] == [0]  # the teacher cut down, scored as it starts
+    assert load_bundle(tmp_path / "pruned")[1].config["network"]["hidden_size"] == 12
+    with pytest.raises(ValueError, match="prune_teacher starts a distillation: it needs teacher"):
+        TrainConfig.model_validate({**config.model_dump(), "teacher": "", "prune_teacher": True})
+
     on = config.model_copy(update={"init_from": str(tmp_path / "student"), "epochs": 1})
     report = train(on, tmp_path / "on", progress=False)
     assert [entry["epoch"] for entry in report["history"]] == [0, 1]
