@@ -220,7 +220,7 @@ def prune_teacher(student: TaggerNetwork, teacher: TaggerNetwork, samples: list[
             state[f"{head}.weight"] = own[f"{head}.weight"][:, columns]
             state[f"{head}.bias"] = own[f"{head}.bias"]
     student.load_state_dict(state, strict=False)
-    return float(importance[torch.cat([forward, size + backward])].sum() / importance.sum())
+    return float(importance[columns].sum() / importance.sum())
 
 
 def train(config: TrainConfig, out: Path, progress: bool = True) -> dict:
@@ -287,7 +287,8 @@ def train(config: TrainConfig, out: Path, progress: bool = True) -> dict:
     elif teacher is not None:
         start_from_teacher(network, teacher, config.teacher)
         if config.prune_teacher:
-            sample = random.Random(config.seed).sample(pd98_sequences + ner_sequences, min(PRUNING_SAMPLE, len(pd98_sequences) + len(ner_sequences)))
+            sequences = pd98_sequences + ner_sequences
+            sample = random.Random(config.seed).sample(sequences, min(PRUNING_SAMPLE, len(sequences)))
             samples = [featuriser.batch([s.text for s in sample[i : i + 256]]).to(device) for i in range(0, len(sample), 256)]
             share = prune_teacher(network, teacher, samples)
             print(f"pruned the teacher's encoder to {config.network.hidden_size} units per direction, keeping {share:.1%} of the heads' reliance on its units", file=sys.stderr)
